@@ -1,0 +1,47 @@
+# harmony-agent: `make demo` runs the agent against a local nats-server; `make test` runs the tests.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= /tmp/harmony-demo
+
+.PHONY: all deps venv demo test lint typecheck schemas example clean
+
+all: test
+
+deps:
+	bash .ci/deps.sh
+
+venv: $(BIN)/harmony-agent
+
+$(BIN)/harmony-agent: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: deps venv
+	bash scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench || true
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: deps venv
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+schemas: venv
+	$(BIN)/python -m agent.contracts contracts
+
+example: venv
+	$(BIN)/python -m agent.config_doc > agent.example.toml
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
+
+-include packaging/deb/deb.mk

@@ -1,0 +1,183 @@
+"""`harmony-agent`: run | check-config | info | status | version (contract §4)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from agent.config import Config, check_files, config_path_from_env, load_config
+from agent.errors import ConfigError
+from agent.version import __version__
+
+__all__ = ["main"]
+
+EX_OK = 0
+EX_FAIL = 1
+EX_NOT_RUNNING = 3
+EX_CONFIG = 78
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Config, str, str]:
+    """Config, device id and machine id, or ConfigError with every problem."""
+    from agent.identity import device_id_of, read_machine_id
+
+    path = config_path_from_env(args.config)
+    cfg = load_config(path)
+    problems = check_files(cfg)
+    machine_id = read_machine_id()
+    try:
+        device_id = device_id_of(cfg, machine_id)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        device_id = ""
+    if problems:
+        raise ConfigError(str(path), problems)
+    return path, cfg, device_id, machine_id or device_id
+
+
+def _config_error(e: ConfigError) -> int:
+    print(f"harmony-agent: {e}", file=sys.stderr)
+    print("harmony-agent: fix the file and run `harmony-agent check-config`", file=sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        # Under systemd, also as one structured journal line with the paths as fields.
+        try:
+            from systemd import journal
+
+            journal.send(
+                str(e),
+                PRIORITY="3",
+                SYSLOG_IDENTIFIER="harmony-agent",
+                HARMONY_EVENT="config-invalid",
+                CONFIG_PATH=e.source,
+            )
+        except ImportError:
+            pass
+    return EX_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        path, cfg, device_id, _ = _load(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EX_CONFIG
+    print(f"{path}: OK (device_id {device_id}, {len(cfg.labels)} label(s))")
+    return EX_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from agent.contracts import utcnow
+    from agent.deviceinfo import collect_device_info
+
+    try:
+        _, cfg, device_id, machine_id = _load(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EX_CONFIG
+    info = collect_device_info(cfg, device_id, machine_id, utcnow())
+    print(json.dumps(info.model_dump(mode="json"), indent=2))
+    return EX_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.contracts import utcnow
+    from agent.health import read_health
+    from agent.statusline import status_text
+
+    path = config_path_from_env(args.config)
+    health_file = Path("/run/harmony-agent/health.json")
+    # status must work even when the config is broken: then the default path
+    with contextlib.suppress(ConfigError):
+        health_file = load_config(path).agent.health_file
+    h = read_health(health_file)
+    if h is None:
+        print(f"harmony-agent is not running (no health file at {health_file})", file=sys.stderr)
+        return EX_NOT_RUNNING
+    running = _pid_alive(h.pid)
+    if args.json:
+        print(json.dumps({**h.model_dump(mode="json"), "running": running}, indent=2))
+    else:
+        print(status_text(h, utcnow(), running=running))
+    return EX_OK if running else EX_NOT_RUNNING
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.logsetup import setup_logging
+
+    try:
+        path, cfg, device_id, machine_id = _load(args)
+    except ConfigError as e:
+        return _config_error(e)
+    setup_logging(device_id, cfg.agent.log_level)
+    from agent.daemon import serve
+
+    return asyncio.run(serve(path, cfg, device_id, machine_id))
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return EX_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $HARMONY_AGENT_CONFIG or /etc/harmony-agent/agent.toml)",
+    )
+    p = argparse.ArgumentParser(
+        prog="harmony-agent",
+        parents=[common],
+        description="Device agent of the harmony fleet: DeviceInfo, heartbeats, logs, upgrades.",
+    )
+    p.add_argument("--version", action="version", version=f"harmony-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "run", parents=[common], help="run the agent (what the systemd unit does)"
+    ).set_defaults(func=cmd_run)
+    sub.add_parser(
+        "check-config", parents=[common], help="validate the config; exit 0, or 78 with every error"
+    ).set_defaults(func=cmd_check_config)
+    sub.add_parser(
+        "info",
+        parents=[common],
+        help="print the DeviceInfo the agent would publish (JSON, no NATS needed)",
+    ).set_defaults(func=cmd_info)
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        help="what the local agent is doing (connection, heartbeat, logs, upgrade)",
+    )
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
+    sub.add_parser("version", help="print the version that runs").set_defaults(func=cmd_version)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

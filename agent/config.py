@@ -1,0 +1,456 @@
+"""The agent's TOML configuration (contract §2), validated strictly.
+
+Unknown keys are errors, every problem is reported at once with its TOML path
+and the bad value, durations are strings. Each option is documented once, here,
+in its `Field(description=...)`; `agent.example.toml` is generated from these
+models (`python -m agent.config_doc`) and a test keeps it current.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.durations import parse_duration
+from agent.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "RESERVED_LABEL_PREFIX",
+    "AgentSection",
+    "Config",
+    "HeartbeatSection",
+    "LogsSection",
+    "NatsSection",
+    "UpgradeSection",
+    "check_files",
+    "config_path_from_env",
+    "label_problems",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/harmony-agent/agent.toml")
+RESERVED_LABEL_PREFIX = "harmony.nationtech.io/"
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_PRIORITIES = {
+    "emerg": 0,
+    "alert": 1,
+    "crit": 2,
+    "err": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
+}
+
+
+def _duration(value: Any, info: ValidationInfo) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and not _from_toml(info):
+        return float(value)  # from code (tests, the fleet CLI): seconds
+    if not isinstance(value, str):
+        raise ValueError('durations are strings: write it like "15s", "5m" or "1h"')
+    return parse_duration(value)
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a priority is a name (emerg ... debug) or a number 0-7")
+    if isinstance(value, int) and 0 <= value <= 7:
+        return value
+    if isinstance(value, str) and value.lower() in _PRIORITIES:
+        return _PRIORITIES[value.lower()]
+    if isinstance(value, str) and value.isdigit() and 0 <= int(value) <= 7:
+        return int(value)
+    raise ValueError(
+        "a priority is one of emerg, alert, crit, err, warning, notice, info, debug, or 0-7"
+    )
+
+
+def _from_toml(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("toml"))
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Priority = Annotated[int, BeforeValidator(_priority)]
+
+
+def label_problems(key: str, value: str, *, allow_reserved: bool = False) -> list[str]:
+    """Why `key = value` is not a Kubernetes label (empty when it is one)."""
+    problems: list[str] = []
+    prefix, sep, name = key.rpartition("/")
+    if sep and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        problems.append(
+            "the prefix before '/' must be a DNS subdomain (lowercase a-z, 0-9, '-', '.')"
+        )
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        problems.append(
+            "a label name is 1-63 characters of A-Z a-z 0-9 - _ . "
+            "and starts and ends with a letter or digit"
+        )
+    if sep and not allow_reserved and (prefix + "/") == RESERVED_LABEL_PREFIX:
+        problems.append(
+            f"the prefix {RESERVED_LABEL_PREFIX!r} is reserved for automatic labels; "
+            "use another prefix or none"
+        )
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        problems.append(
+            "a label value is empty or 1-63 characters of A-Z a-z 0-9 - _ . "
+            "starting and ending with a letter or digit"
+        )
+    return problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    device_id: str | None = Field(
+        default=None,
+        description=(
+            "The device's name in the fleet, a DNS-1123 label (lowercase letters, digits "
+            "and '-', at most 63). Unset: the contents of /etc/machine-id."
+        ),
+        json_schema_extra={"example": "edge-berlin-17"},
+    )
+    state_dir: Path = Field(
+        default=Path("/var/lib/harmony-agent"),
+        description="The agent's own state: journal cursor, download spool, seen request ids.",
+    )
+    health_file: Path = Field(
+        default=Path("/run/harmony-agent/health.json"),
+        description=(
+            "The local health file (version, NATS state, last acknowledged heartbeat) "
+            "that `harmony-agent status` and the upgrade watcher read."
+        ),
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The least severe of the agent's own lines that it logs."
+    )
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str | None) -> str | None:
+        if v is not None and not DNS1123_LABEL.match(v):
+            raise ValueError(
+                "a device_id is a DNS-1123 label: 1-63 of a-z 0-9 '-', "
+                "starting and ending with a letter or digit"
+            )
+        return v
+
+
+class NatsSection(_Section):
+    servers: list[str] = Field(
+        default=["nats://127.0.0.1:4222"],
+        min_length=1,
+        description="NATS server URLs (nats:// or tls://); the agent tries them all.",
+    )
+    creds_file: Path | None = Field(
+        default=None, description="A NATS .creds file (user JWT + nkey seed)."
+    )
+    nkey_seed_file: Path | None = Field(default=None, description="A file holding an nkey seed.")
+    user: str | None = Field(default=None, description="User name; needs password_file.")
+    password_file: Path | None = Field(
+        default=None, description="A file holding the password for `user`."
+    )
+    token_file: Path | None = Field(default=None, description="A file holding a token.")
+    tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle to verify the servers with."
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate (with tls_key_file)."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM client key.")
+    connect_timeout: Duration = Field(default=5.0, description="Timeout of one connect attempt.")
+    reconnect_max_wait: Duration = Field(
+        default=30.0,
+        description="Cap of the jittered exponential backoff between reconnect attempts.",
+    )
+    device_info_bucket: str = Field(default="device-info", description="KV bucket of DeviceInfo.")
+    heartbeat_bucket: str = Field(
+        default="device-heartbeat", description="KV bucket of heartbeats."
+    )
+    logs_stream: str = Field(default="DEVICE_LOGS", description="Stream the journal lines go to.")
+    logs_subject_prefix: str = Field(
+        default="logs", description="Lines go to subject `<prefix>.<device_id>`."
+    )
+    upgrade_bucket: str = Field(
+        default="agent-upgrade", description="KV bucket of signed upgrade requests."
+    )
+    upgrade_status_bucket: str = Field(
+        default="agent-upgrade-status", description="KV bucket of upgrade status."
+    )
+    artifacts_bucket: str = Field(
+        default="agent-artifacts", description="Object store of release artifacts."
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.match(r"^(nats|tls|ws|wss)://[^/\s]+$", url):
+                raise ValueError(
+                    f'{url!r} is not a NATS server URL; write it like "nats://host:4222"'
+                )
+        return v
+
+    @field_validator(
+        "device_info_bucket",
+        "heartbeat_bucket",
+        "logs_stream",
+        "upgrade_bucket",
+        "upgrade_status_bucket",
+        "artifacts_bucket",
+        "logs_subject_prefix",
+    )
+    @classmethod
+    def _names(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("a bucket, stream or subject name is A-Z a-z 0-9 '-' '_' only")
+        return v
+
+    @model_validator(mode="after")
+    def _auth(self) -> NatsSection:
+        kinds = [
+            k
+            for k, on in (
+                ("creds_file", self.creds_file),
+                ("nkey_seed_file", self.nkey_seed_file),
+                ("user", self.user or self.password_file),
+                ("token_file", self.token_file),
+            )
+            if on
+        ]
+        if len(kinds) > 1:
+            raise ValueError(f"set only one way to authenticate, not {' and '.join(kinds)}")
+        if bool(self.user) != bool(self.password_file):
+            raise ValueError("user and password_file go together; set both or neither")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together; set both or neither")
+        return self
+
+
+class HeartbeatSection(_Section):
+    interval: Duration = Field(
+        default=15.0,
+        description="How often a heartbeat is written (jittered by ±10 %).",
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if not 0.5 <= v <= 3600:
+            raise ValueError("the heartbeat interval must be between 500ms and 1h")
+        return v
+
+
+class LogsSection(_Section):
+    enabled: bool = Field(default=True, description="Ship journal lines to NATS.")
+    units: list[str] = Field(
+        default=[], description="Only these systemd units (like `journalctl -u`); [] = all."
+    )
+    identifiers: list[str] = Field(
+        default=[], description="Only these syslog identifiers (like `journalctl -t`); [] = all."
+    )
+    max_priority: Priority = Field(
+        default=6,
+        description="The least severe priority shipped (like `journalctl -p`): a name or 0-7.",
+        json_schema_extra={"toml_default": '"info"'},
+    )
+    start_at: Literal["now", "boot", "all"] = Field(
+        default="now",
+        description="Where to begin when no cursor is saved yet: now, boot or all.",
+    )
+    batch_max_lines: int = Field(default=1000, ge=1, le=100_000, description="Lines per batch.")
+    batch_max_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        le=900 * 1024,
+        description="Bytes per batch (stay under the server's max_payload).",
+    )
+    batch_max_wait: Duration = Field(
+        default=0.2, description="How long a partly full batch may wait before it is sent."
+    )
+    max_in_flight: int = Field(
+        default=16, ge=1, le=1024, description="Batches published and not yet acknowledged."
+    )
+    ack_timeout: Duration = Field(
+        default=5.0, description="How long to wait for JetStream's ack before a retry."
+    )
+    max_message_bytes: int = Field(
+        default=16 * 1024,
+        ge=64,
+        le=256 * 1024,
+        description="Longer messages are cut to this size and flagged `truncated`.",
+    )
+    rate_limit_lines: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Sustained lines/s above which lines less severe than err are dropped; 0 = off."
+        ),
+    )
+    rate_limit_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Sustained message bytes/s above which the same happens; 0 = off.",
+    )
+    rate_limit_burst: Duration = Field(
+        default=10.0,
+        description="How long a burst above the rate may last before lines are dropped.",
+    )
+
+
+class UpgradeSection(_Section):
+    enabled: bool = Field(default=True, description="Act on operator upgrade requests.")
+    trusted_keys_dir: Path = Field(
+        default=Path("/etc/harmony-agent/keys"),
+        description="Ed25519 public keys (PEM, *.pub) trusted to sign upgrade requests.",
+    )
+    confirm_window: Duration = Field(
+        default=300.0,
+        description="How long a new version must prove healthy before it is committed.",
+    )
+    keep_releases: int = Field(
+        default=2, ge=1, le=10, description="Releases kept on disk, the running one included."
+    )
+
+
+class Config(_Section):
+    agent: AgentSection = AgentSection()
+    labels: dict[str, str] = Field(
+        default={},
+        description='Free `key = "value"` labels (Kubernetes syntax) the operator selects on.',
+    )
+    nats: NatsSection = NatsSection()
+    heartbeat: HeartbeatSection = HeartbeatSection()
+    logs: LogsSection = LogsSection()
+    upgrade: UpgradeSection = UpgradeSection()
+
+
+def _toml_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        elif re.match(r"^[A-Za-z0-9_-]+$", p):
+            parts.append(p)
+        else:
+            parts.append(f'"{p}"')
+    return ".".join(parts) or "(top level)"
+
+
+def _problems(err: ValidationError) -> list[str]:
+    out: list[str] = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; see agent.example.toml for every key)"
+        elif e["type"] == "missing":
+            msg = "required"
+        shown = "" if e["type"] in {"extra_forbidden", "missing"} else f" (got {e['input']!r})"
+        if isinstance(e["input"], dict):
+            shown = ""
+        out.append(f"{_toml_path(loc)}: {msg}{shown}")
+    return out
+
+
+def parse_config(text: str, source: str = "agent.toml") -> Config:
+    """Validate TOML text; ConfigError lists every problem at once."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [f"not valid TOML: {e}"]) from e
+    problems: list[str] = []
+    labels = raw.get("labels", {})
+    if isinstance(labels, dict):
+        for key, value in labels.items():
+            if not isinstance(value, str):
+                problems.append(
+                    f"{_toml_path(('labels', key))}: label values are strings (got {value!r})"
+                )
+                continue
+            problems.extend(
+                f"{_toml_path(('labels', key))}: {p} (got {key} = {value!r})"
+                for p in label_problems(key, value)
+            )
+    try:
+        cfg = Config.model_validate(raw, context={"toml": True})
+    except ValidationError as e:
+        problems.extend(p for p in _problems(e) if not p.startswith("labels."))
+        raise ConfigError(source, problems) from e
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(
+            str(path),
+            [f"no such file; copy agent.example.toml there or pass -c PATH ({e.strerror})"],
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), [f"cannot be read: {e}"]) from e
+    return parse_config(text, str(path))
+
+
+def check_files(cfg: Config) -> list[str]:
+    """Problems with files the config names (missing, unreadable); empty when all are fine."""
+    problems: list[str] = []
+    n = cfg.nats
+    for key in (
+        "creds_file",
+        "nkey_seed_file",
+        "password_file",
+        "token_file",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+    ):
+        path: Path | None = getattr(n, key)
+        if path is None:
+            continue
+        if not path.is_file():
+            problems.append(f"nats.{key}: {str(path)!r} does not exist or is not a file")
+        elif not os.access(path, os.R_OK):
+            problems.append(
+                f"nats.{key}: {str(path)!r} is not readable by this user "
+                "(it should be root:harmony-agent 0640)"
+            )
+    return problems
+
+
+def config_path_from_env(explicit: str | None) -> Path:
+    """-c/--config first, then HARMONY_AGENT_CONFIG, then the default path."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("HARMONY_AGENT_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH

@@ -1,0 +1,338 @@
+"""The wire payloads of contract v1 (shared/docs/contract.md §3), as pydantic models.
+
+Every payload is a UTF-8 JSON object with ``schema_version: 1``; timestamps are
+RFC 3339 UTC with ``Z``. Readers ignore fields they do not know, so a newer
+writer never breaks an older reader. `python -m agent.contracts` regenerates
+``contracts/*.schema.json``; a test fails when they drift from these models.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+__all__ = [
+    "SCHEMAS",
+    "SCHEMA_VERSION",
+    "Artifact",
+    "CpuInfo",
+    "DeviceInfo",
+    "DiskInfo",
+    "DsseEnvelope",
+    "DsseSignature",
+    "Health",
+    "Heartbeat",
+    "Load",
+    "LogBatch",
+    "LogDrops",
+    "LogGap",
+    "LogRecord",
+    "LogsSummary",
+    "NatsHealth",
+    "NetworkInterface",
+    "OsInfo",
+    "UpgradePhase",
+    "UpgradeRequest",
+    "UpgradeStatus",
+    "UpgradeSummary",
+    "dump_json",
+    "format_ts",
+    "utcnow",
+]
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_ts(value: datetime) -> str:
+    """RFC 3339 UTC with a `Z`, microseconds kept."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(format_ts, return_type=str, when_used="json"),
+    Field(json_schema_extra={"format": "date-time"}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+
+class _Payload(_Model):
+    schema_version: Literal[1] = 1
+
+
+# --- DeviceInfo -----------------------------------------------------------------
+
+
+class OsInfo(_Model):
+    id: str
+    version_id: str
+    pretty_name: str
+
+
+class CpuInfo(_Model):
+    model: str
+    count: int
+
+
+class DiskInfo(_Model):
+    root_total_bytes: int
+
+
+class NetworkInterface(_Model):
+    name: str
+    mac: str | None = None
+    addresses: list[str] = Field(default_factory=list)
+
+
+class DeviceInfo(_Payload):
+    """What a device is; KV `device-info/<device_id>`."""
+
+    device_id: str
+    machine_id: str
+    hostname: str
+    labels: dict[str, str]
+    agent_version: str
+    os: OsInfo
+    kernel: str
+    arch: str
+    boot_id: str
+    booted_at: Timestamp
+    started_at: Timestamp
+    cpu: CpuInfo
+    memory_total_bytes: int
+    disk: DiskInfo
+    network: list[NetworkInterface]
+    heartbeat_interval_s: float
+    updated_at: Timestamp
+
+
+# --- Heartbeat ------------------------------------------------------------------
+
+
+class Load(_Model):
+    cpu_percent: float
+    memory_used_percent: float
+    disk_used_percent: float
+
+
+class LogsSummary(_Model):
+    """Where log shipping stands; carried in heartbeats, health and `status`."""
+
+    state: Literal["starting", "shipping", "waiting-for-nats", "blind", "disabled", "error"]
+    lag_s: float | None = None
+    shipped: int = 0
+    in_flight: int = 0
+    dropped: int = 0
+    gaps: int = 0
+    detail: str | None = None
+
+
+UpgradePhase = Literal[
+    "received",
+    "downloading",
+    "verifying",
+    "staged",
+    "switching",
+    "watching",
+    "committed",
+    "rejected",
+    "rolled_back",
+    "failed",
+]
+
+
+class UpgradeSummary(_Model):
+    phase: UpgradePhase | None = None
+    request_id: str | None = None
+    target_version: str | None = None
+    reason: str | None = None
+    updated_at: Timestamp | None = None
+
+
+class Heartbeat(_Payload):
+    """That a device is alive; KV `device-heartbeat/<device_id>`."""
+
+    device_id: str
+    agent_version: str
+    seq: int
+    sent_at: Timestamp
+    interval_s: float
+    boot_id: str
+    uptime_s: float
+    agent_uptime_s: float
+    state: Literal["running", "stopping"]
+    load: Load
+    logs: LogsSummary | None = None
+    upgrade: UpgradeSummary | None = None
+
+
+# --- Logs -----------------------------------------------------------------------
+
+
+class LogGap(_Model):
+    """Lines that were lost from the journal before they could be shipped."""
+
+    from_realtime_us: int | None = None
+    to_realtime_us: int | None = None
+    lost_cursor: str | None = None
+
+
+class LogDrops(_Model):
+    """Lines the rate limit dropped, by priority, in [since, until]."""
+
+    by_priority: dict[str, int]
+    since_realtime_us: int
+    until_realtime_us: int
+
+
+class LogRecord(_Model):
+    cursor: str
+    realtime_us: int
+    source_realtime_us: int | None = None
+    boot_id: str | None = None
+    unit: str | None = None
+    identifier: str | None = None
+    pid: int | None = None
+    priority: int = Field(ge=0, le=7)
+    message: str | None = None
+    message_b64: str | None = None
+    truncated: bool | None = None
+    gap: LogGap | None = None
+    dropped: LogDrops | None = None
+
+
+class LogBatch(_Payload):
+    """Journal lines on `logs.<device_id>` in stream `DEVICE_LOGS`."""
+
+    device_id: str
+    records: list[LogRecord]
+
+
+# --- Upgrade --------------------------------------------------------------------
+
+
+class Artifact(_Model):
+    bucket: str
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
+
+
+class UpgradeRequest(_Payload):
+    """The signed payload inside the DSSE envelope at `agent-upgrade/<device_id>`."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    device_id: str
+    target_version: str
+    arch: str
+    artifact: Artifact
+    issued_at: Timestamp
+    expires_at: Timestamp
+    confirm_window_s: float | None = None
+    allow_downgrade: bool = False
+
+
+class DsseSignature(_Model):
+    keyid: str = ""
+    sig: str
+
+
+class DsseEnvelope(_Model):
+    payloadType: str
+    payload: str
+    signatures: list[DsseSignature]
+
+
+class UpgradeStatus(_Payload):
+    """Where an upgrade stands; KV `agent-upgrade-status/<device_id>`."""
+
+    device_id: str
+    request_id: str | None
+    from_version: str | None
+    target_version: str | None
+    phase: UpgradePhase
+    progress: int | None = Field(default=None, ge=0, le=100)
+    reason: str | None = None
+    log_tail: list[str] | None = None
+    updated_at: Timestamp
+
+
+# --- Local health (runtime file, read by `status` and the upgrade watcher) ------
+
+
+class NatsHealth(_Model):
+    state: Literal["connecting", "connected", "disconnected", "closed"]
+    server: str | None = None
+    since: Timestamp | None = None
+    last_error: str | None = None
+
+
+class Health(_Payload):
+    """The agent's local health file, e.g. /run/harmony-agent/health.json."""
+
+    version: str
+    pid: int
+    device_id: str
+    started_at: Timestamp
+    updated_at: Timestamp
+    ready: bool
+    nats: NatsHealth
+    last_heartbeat_ack_at: Timestamp | None = None
+    last_heartbeat_seq: int | None = None
+    conflict: str | None = None
+    problems: list[str] = Field(default_factory=list)
+    logs: LogsSummary | None = None
+    upgrade: UpgradeSummary | None = None
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "device-info": DeviceInfo,
+    "heartbeat": Heartbeat,
+    "log-batch": LogBatch,
+    "upgrade-request": UpgradeRequest,
+    "dsse-envelope": DsseEnvelope,
+    "upgrade-status": UpgradeStatus,
+    "health": Health,
+}
+
+
+def dump_json(model: BaseModel) -> bytes:
+    """Compact UTF-8 JSON of a payload, None fields left out."""
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+def render_schemas() -> dict[str, str]:
+    """File name -> text of every JSON Schema, as kept in `contracts/`."""
+    out: dict[str, str] = {}
+    for name, model in SCHEMAS.items():
+        schema: dict[str, Any] = model.model_json_schema(mode="serialization")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://harmony.nationtech.io/schemas/agent/v1/{name}.schema.json"
+        out[f"{name}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def _main(argv: list[str]) -> int:
+    target = Path(argv[1] if len(argv) > 1 else "contracts")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in render_schemas().items():
+        (target / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))

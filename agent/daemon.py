@@ -1,0 +1,251 @@
+"""`harmony-agent run`: every service under one asyncio.TaskGroup, talking to systemd.
+
+READY=1 goes out once the config is loaded and every service said it started
+(never gated on NATS). WATCHDOG=1 only while the heartbeat loop really turns.
+SIGHUP re-reads the config (an invalid one is logged and the running one kept);
+SIGTERM writes a last `stopping` heartbeat and exits 0 within 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from functools import partial
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.announce import Announcer
+from agent.bus import Bus, BusState
+from agent.config import Config, check_files, load_config
+from agent.contracts import Health, LogsSummary, NatsHealth, UpgradeSummary, utcnow
+from agent.errors import ConfigError
+from agent.health import write_health
+from agent.heartbeat import HeartbeatService
+from agent.logsetup import setup_logging
+from agent.runtime import RuntimeState
+from agent.sdnotify import Notifier, watchdog_interval
+from agent.statusline import status_line
+from agent.version import __version__
+
+__all__ = ["serve"]
+
+log = logging.getLogger("agent.daemon")
+
+TICK_S = 1.0
+HEALTH_REFRESH_S = 5.0
+STOP_BUDGET_S = 4.0
+
+
+class _Optional(Protocol):
+    async def run(self, ready: Callable[[], None]) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it in order."""
+
+
+async def _guarded(name: str, run: Callable[[], Awaitable[None]], state: RuntimeState) -> None:
+    """Run an optional service; its crash is logged and retried, never the agent's end."""
+    attempt = 0
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            attempt += 1
+            delay = min(60.0, 2.0**attempt)
+            log.exception(
+                "%s failed: %s; restarting it in %.0fs", name, e, extra={"event": f"{name}-crashed"}
+            )
+            state.problem(name, f"{name} failed: {e}")
+            await asyncio.sleep(delay)
+
+
+class _Daemon:
+    def __init__(self, cfg_path: Path, cfg: Config, device_id: str, machine_id: str) -> None:
+        self.cfg_path = cfg_path
+        self.cfg = cfg
+        self.notifier = Notifier()
+        self.state = RuntimeState(device_id, machine_id, utcnow())
+        self.bus_state: BusState | None = None
+        self.bus = Bus(cfg.nats, name=f"harmony-agent {device_id}", on_change=self._bus_changed)
+        self.announcer = Announcer(cfg, self.bus, self.state)
+        self.logs: Any = None
+        self.upgrade: Any = None
+        if cfg.logs.enabled:
+            try:
+                from agent.logs import LogsService
+            except ImportError:  # TEMP until agent.logs lands
+                LogsService = None  # type: ignore[assignment,misc]
+            if LogsService is not None:
+                self.logs = LogsService(cfg, device_id, self.bus)
+        if cfg.upgrade.enabled:
+            try:
+                from agent.upgrade import UpgradeService
+            except ImportError:  # TEMP until agent.upgrade lands
+                UpgradeService = None  # type: ignore[assignment,misc]
+            if UpgradeService is not None:
+                self.upgrade = UpgradeService(cfg, device_id, self.bus)
+        self.heartbeat = HeartbeatService(cfg, self.bus, self.state, self.summaries)
+        self.stop = asyncio.Event()
+        self.reload = asyncio.Event()
+        self.ready_sent = False
+        self._last_status = ""
+        self._last_health: dict[str, Any] = {}
+        self._health_written = 0.0
+
+    def _bus_changed(self, st: BusState) -> None:
+        self.bus_state = st
+
+    def summaries(self) -> tuple[LogsSummary | None, UpgradeSummary | None]:
+        logs = self.logs.summary() if self.logs is not None else None
+        upgrade = self.upgrade.summary() if self.upgrade is not None else None
+        return logs, upgrade
+
+    def health(self) -> Health:
+        b = self.bus.state
+        logs, upgrade = self.summaries()
+        problems = list(self.state.problems.values())
+        return Health(
+            version=__version__,
+            pid=os.getpid(),
+            device_id=self.state.device_id,
+            started_at=self.state.started_at,
+            updated_at=utcnow(),
+            ready=self.ready_sent,
+            nats=NatsHealth(state=b.state, server=b.server, since=b.since, last_error=b.last_error),
+            last_heartbeat_ack_at=self.state.last_heartbeat_ack_at,
+            last_heartbeat_seq=self.state.last_heartbeat_seq,
+            conflict=self.state.conflict,
+            problems=problems,
+            logs=logs,
+            upgrade=upgrade,
+        )
+
+    def publish_health(self, force: bool = False) -> None:
+        h = self.health()
+        line = status_line(h, h.updated_at)
+        key = h.model_dump(exclude={"updated_at"})
+        now = time.monotonic()
+        if force or key != self._last_health or now - self._health_written >= HEALTH_REFRESH_S:
+            try:
+                write_health(self.cfg.agent.health_file, h)
+            except OSError as e:
+                self.state.problem("health", f"cannot write {self.cfg.agent.health_file}: {e}")
+            else:
+                self.state.problem("health", None)
+            self._last_health = key
+            self._health_written = now
+        # STATUS= changes with "Ns ago" every second; send it only when the words change.
+        if line != self._last_status:
+            self.notifier.status(line)
+            self._last_status = line
+
+    def do_reload(self) -> None:
+        try:
+            new = load_config(self.cfg_path)
+            problems = check_files(new)
+            if problems:
+                raise ConfigError(str(self.cfg_path), problems)
+        except ConfigError as e:
+            log.error(
+                "config reload rejected, keeping the running config: %s",
+                e,
+                extra={"event": "config-reload-rejected"},
+            )
+            return
+        if new.agent.device_id != self.cfg.agent.device_id or new.nats != self.cfg.nats:
+            log.warning(
+                "[agent] device_id and [nats] changes take effect at the next restart",
+                extra={"event": "config-restart-needed"},
+            )
+        old = self.cfg
+        self.cfg = new.model_copy(update={"nats": old.nats})
+        setup_logging(self.state.device_id, new.agent.log_level)
+        self.announcer.reconfigure(self.cfg)
+        self.heartbeat.reconfigure(self.cfg)
+        for svc in (self.logs, self.upgrade):
+            if svc is not None and hasattr(svc, "reconfigure"):
+                svc.reconfigure(self.cfg)
+        log.info("config reloaded from %s", self.cfg_path, extra={"event": "config-reloaded"})
+
+    async def supervise(self, readies: list[asyncio.Event]) -> None:
+        wd = watchdog_interval()
+        for ev in readies:
+            await ev.wait()
+        self.ready_sent = True
+        self.publish_health(force=True)
+        self.notifier.ready(self._last_status or "started")
+        log.info(
+            "harmony-agent %s started as device %s",
+            __version__,
+            self.state.device_id,
+            extra={"event": "started"},
+        )
+        tick = min(TICK_S, wd) if wd else TICK_S
+        while not self.stop.is_set():
+            if self.reload.is_set():
+                self.reload.clear()
+                self.do_reload()
+            self.publish_health()
+            if wd is not None:
+                # The watchdog must prove the heartbeat loop turns, not just this one.
+                stall = max(3 * self.cfg.heartbeat.interval, 30.0)
+                if time.monotonic() - self.state.heartbeat_alive_at < stall:
+                    self.notifier.watchdog()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), tick)
+        raise _Stop
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+        readies: list[asyncio.Event] = []
+
+        def ready_event() -> Callable[[], None]:
+            ev = asyncio.Event()
+            readies.append(ev)
+            return ev.set
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.bus.run(), name="bus")
+                tg.create_task(self.announcer.run(ready_event()), name="announce")
+                tg.create_task(self.heartbeat.run(ready_event()), name="heartbeat")
+                for name, svc in (("logs", self.logs), ("upgrade", self.upgrade)):
+                    if svc is not None:
+                        r = ready_event()
+                        tg.create_task(_guarded(name, partial(svc.run, r), self.state), name=name)
+                tg.create_task(self.supervise(readies), name="supervise")
+        except* _Stop:
+            pass
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping("stopping: sending a last heartbeat")
+        deadline = time.monotonic() + STOP_BUDGET_S
+        sent = await self.heartbeat.send("stopping", timeout=2.0)
+        log.info(
+            "stopping (last heartbeat %s)",
+            "acknowledged" if sent else "not delivered",
+            extra={"event": "stopping"},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.bus.close(), max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):
+            self.cfg.agent.health_file.unlink()
+
+
+async def serve(cfg_path: Path, cfg: Config, device_id: str, machine_id: str) -> int:
+    """Run the agent until SIGTERM; returns the exit code."""
+    return await _Daemon(cfg_path, cfg, device_id, machine_id).main()

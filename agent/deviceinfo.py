@@ -1,0 +1,143 @@
+"""DeviceInfo (contract §3) from /etc/os-release, /proc, /etc/machine-id and psutil."""
+
+from __future__ import annotations
+
+import platform
+import re
+import shutil
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import RESERVED_LABEL_PREFIX, Config
+from agent.contracts import CpuInfo, DeviceInfo, DiskInfo, NetworkInterface, OsInfo, utcnow
+from agent.version import __version__
+
+__all__ = ["collect_device_info", "debian_arch", "read_boot_id", "same_device_info"]
+
+_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armhf",
+    "armv6l": "armel",
+    "i686": "i386",
+    "i386": "i386",
+    "riscv64": "riscv64",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+}
+
+
+def debian_arch(machine: str | None = None) -> str:
+    """Debian's name for the CPU architecture (amd64, arm64, armhf, ...)."""
+    m = machine or platform.machine()
+    return _ARCH.get(m, m.lower())
+
+
+def read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _os_release(path: Path = Path("/etc/os-release")) -> OsInfo:
+    values: dict[str, str] = {}
+    for p in (path, Path("/usr/lib/os-release")):
+        try:
+            text = p.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            k, sep, v = line.partition("=")
+            if sep:
+                values[k.strip()] = v.strip().strip('"').strip("'")
+        break
+    return OsInfo(
+        id=values.get("ID", "linux"),
+        version_id=values.get("VERSION_ID", ""),
+        pretty_name=values.get("PRETTY_NAME", "Linux"),
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    return platform.processor() or "unknown"
+
+
+def _label_value(text: str) -> str:
+    """`text` made into a valid label value (<=63 of [A-Za-z0-9-_.], alnum at both ends)."""
+    v = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63]
+    return v.strip("-_.")
+
+
+def _network() -> list[NetworkInterface]:
+    import psutil
+
+    out: list[NetworkInterface] = []
+    for name, addrs in sorted(psutil.net_if_addrs().items()):
+        if name == "lo":
+            continue
+        mac = None
+        ips: list[str] = []
+        for a in addrs:
+            if a.family == socket.AF_INET or a.family == socket.AF_INET6:
+                ips.append(a.address.split("%")[0])
+            elif a.family == psutil.AF_LINK:
+                mac = a.address
+        out.append(NetworkInterface(name=name, mac=mac, addresses=ips))
+    return out
+
+
+def collect_device_info(
+    cfg: Config, device_id: str, machine_id: str, started_at: datetime
+) -> DeviceInfo:
+    """The DeviceInfo this agent would publish now."""
+    import psutil
+
+    os_info = _os_release()
+    arch = debian_arch()
+    hostname = socket.gethostname()
+    labels = dict(cfg.labels)
+    auto = {
+        "arch": arch,
+        "os": _label_value(f"{os_info.id}-{os_info.version_id}".strip("-")),
+        "hostname": _label_value(hostname),
+        "agent-version": _label_value(__version__),
+    }
+    labels.update({RESERVED_LABEL_PREFIX + k: v for k, v in auto.items()})
+    return DeviceInfo(
+        device_id=device_id,
+        machine_id=machine_id,
+        hostname=hostname,
+        labels=labels,
+        agent_version=__version__,
+        os=os_info,
+        kernel=platform.release(),
+        arch=arch,
+        boot_id=read_boot_id(),
+        booted_at=datetime.fromtimestamp(psutil.boot_time(), UTC),
+        started_at=started_at,
+        cpu=CpuInfo(model=_cpu_model(), count=psutil.cpu_count() or 1),
+        memory_total_bytes=psutil.virtual_memory().total,
+        disk=DiskInfo(root_total_bytes=shutil.disk_usage("/").total),
+        network=_network(),
+        heartbeat_interval_s=cfg.heartbeat.interval,
+        updated_at=utcnow(),
+    )
+
+
+def same_device_info(a: DeviceInfo | None, b: DeviceInfo) -> bool:
+    """Equal but for `updated_at` (and `booted_at` jitter of psutil's rounding)."""
+    if a is None:
+        return False
+    skip = {"updated_at", "booted_at"}
+    return a.model_dump(exclude=skip) == b.model_dump(exclude=skip)

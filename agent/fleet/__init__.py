@@ -1,0 +1,1 @@
+"""The operator side: `harmony-fleet`. Uses only contracts, NATS options and the bus."""

@@ -1,0 +1,40 @@
+"""Who this device is: machine id and the effective device id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.config import DNS1123_LABEL, Config
+from agent.errors import ConfigError
+
+__all__ = ["MACHINE_ID_PATH", "device_id_of", "read_machine_id"]
+
+MACHINE_ID_PATH = Path("/etc/machine-id")
+
+
+def read_machine_id(path: Path = MACHINE_ID_PATH) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def device_id_of(cfg: Config, machine_id: str | None) -> str:
+    """`[agent] device_id`, else the machine id; ConfigError when neither makes a valid id."""
+    if cfg.agent.device_id:
+        return cfg.agent.device_id
+    if machine_id is None:
+        raise ConfigError(
+            "agent.toml",
+            ["agent.device_id: not set and /etc/machine-id is missing or empty; set device_id"],
+        )
+    if not DNS1123_LABEL.match(machine_id):
+        raise ConfigError(
+            "agent.toml",
+            [
+                f"agent.device_id: not set and /etc/machine-id ({machine_id!r}) is not a "
+                "DNS-1123 label; set device_id"
+            ],
+        )
+    return machine_id

@@ -1,0 +1,81 @@
+"""Human renderings of the health record: the STATUS= line and `harmony-agent status`. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from agent.contracts import Health
+
+__all__ = ["ago", "status_line", "status_text"]
+
+
+def ago(t: datetime | None, now: datetime) -> str:
+    if t is None:
+        return "never"
+    s = max(0.0, (now - t).total_seconds())
+    if s < 90:
+        return f"{s:.0f}s ago"
+    if s < 5400:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+def _nats(h: Health) -> str:
+    n = h.nats
+    if n.state == "connected":
+        return f"connected to {n.server}"
+    err = f" ({n.last_error})" if n.last_error else ""
+    return f"NATS {n.state}{err}, retrying"
+
+
+def status_line(h: Health, now: datetime) -> str:
+    """One line for `systemctl status` (STATUS=)."""
+    parts = [_nats(h)]
+    if h.conflict:
+        parts.insert(0, "CONFLICT: " + h.conflict)
+    parts.append(
+        f"last heartbeat ack {ago(h.last_heartbeat_ack_at, now)}"
+        + (f" (seq {h.last_heartbeat_seq})" if h.last_heartbeat_seq else "")
+    )
+    if h.logs is not None:
+        lg = h.logs
+        lag = f", lag {lg.lag_s:.1f}s" if lg.lag_s is not None else ""
+        parts.append(f"logs {lg.state}{lag}, {lg.shipped} shipped")
+    if h.upgrade is not None and h.upgrade.phase:
+        parts.append(f"upgrade {h.upgrade.phase} {h.upgrade.target_version or ''}".rstrip())
+    parts.extend(h.problems)
+    return "; ".join(parts)
+
+
+def status_text(h: Health, now: datetime, *, running: bool) -> str:
+    """The multi-line report of `harmony-agent status`."""
+    lines = [
+        f"harmony-agent {h.version} (pid {h.pid}, {'running' if running else 'NOT running'})",
+        f"  device:      {h.device_id}",
+        f"  started:     {ago(h.started_at, now)}",
+        f"  nats:        {_nats(h)}",
+        "  heartbeat:   last ack "
+        + ago(h.last_heartbeat_ack_at, now)
+        + (f" (seq {h.last_heartbeat_seq})" if h.last_heartbeat_seq else ""),
+    ]
+    if h.conflict:
+        lines.append(f"  CONFLICT:    {h.conflict}")
+    if h.logs is not None:
+        lg = h.logs
+        lag = f"{lg.lag_s:.1f}s" if lg.lag_s is not None else "-"
+        lines.append(
+            f"  logs:        {lg.state}, lag {lag}, shipped {lg.shipped}, in flight "
+            f"{lg.in_flight}, dropped {lg.dropped}, gaps {lg.gaps}"
+            + (f" — {lg.detail}" if lg.detail else "")
+        )
+    if h.upgrade is not None:
+        u = h.upgrade
+        lines.append(
+            f"  upgrade:     {u.phase or 'idle'}"
+            + (f" → {u.target_version}" if u.target_version else "")
+            + (f" ({u.reason})" if u.reason else "")
+        )
+    for p in h.problems:
+        lines.append(f"  problem:     {p}")
+    lines.append(f"  updated:     {ago(h.updated_at, now)}")
+    return "\n".join(lines)

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /tmp/harmony-demo
 
-.PHONY: all deps venv demo test lint typecheck schemas example clean
+.PHONY: all deps venv demo demo-stop test lint typecheck schemas example clean
 
 all: test
 
@@ -15,13 +15,17 @@ deps:
 venv: $(BIN)/harmony-agent
 
 $(BIN)/harmony-agent: pyproject.toml
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv --clear $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 demo: deps venv
 	bash scripts/demo.sh
+
+demo-stop:
+	-for p in $(DEMO_DIR)/agent.pid $(DEMO_DIR)/nats-server.pid; do \
+	  [ -f $$p ] && kill $$(cat $$p) 2>/dev/null; rm -f $$p; done
 
 lint: venv
 	$(BIN)/ruff check agent tests bench

@@ -106,6 +106,7 @@ class Announcer:
                 log.error("%s", e, extra={"event": "device-id-conflict"})
             self._state.owned = False
             self._state.conflict = str(e)
+            self._state.changed.set()
             return retry
         except BucketMissingError as e:
             if self._state.problems.get("device-info") != str(e):
@@ -117,6 +118,8 @@ class Announcer:
             return retry
         if self._state.conflict:
             log.info("device id conflict resolved", extra={"event": "device-id-conflict-resolved"})
+        if self._state.conflict or not self._state.owned:
+            self._state.changed.set()
         self._state.conflict = None
         self._state.owned = True
         self._state.problem("device-info", None)

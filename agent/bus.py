@@ -92,6 +92,7 @@ class Bus:
         self._reconnected_cbs: list[Callable[[], None]] = []
         self._attempt = 0
         self._closing = False
+        self._closed = asyncio.Event()
         self.state = BusState("connecting", None, datetime.now(UTC), None)
 
     # --- connection ---------------------------------------------------------
@@ -171,15 +172,18 @@ class Bus:
 
     async def _disconnected_cb(self) -> None:
         if self.state.state == "connected" and not self._closing:
-            log.warning("disconnected from NATS %s", self.state.server)
+            log.warning(
+                "disconnected from NATS %s", self.state.server, extra={"event": "nats-disconnected"}
+            )
         self._set("disconnected")
 
     async def _reconnected_cb(self) -> None:
         self._set("connected")
-        log.info("reconnected to NATS %s", self.state.server)
+        log.info("reconnected to NATS %s", self.state.server, extra={"event": "nats-reconnected"})
 
     async def _closed_cb(self) -> None:
         self._set("closed")
+        self._closed.set()
 
     async def connect_once(self) -> None:
         """One connect attempt (for the operator CLI); BusUnavailableError on failure."""
@@ -195,11 +199,15 @@ class Bus:
         self._set("connected")
 
     async def run(self) -> None:
-        """Connect, retrying forever; then stay until cancelled (nats-py reconnects)."""
+        """Connect, retrying forever; stay connected (nats-py reconnects) until cancelled.
+
+        Should nats-py ever give up and close the connection (it can, e.g. after
+        authorization errors during reconnects), start over with a new one.
+        """
         import nats
 
         attempt = 0
-        while self._nc is None:
+        while True:
             self._set("connecting")
             try:
                 nc = await nats.connect(**self._options())
@@ -215,14 +223,22 @@ class Bus:
                     ", ".join(self._cfg.servers),
                     msg,
                     delay,
+                    extra={"event": "nats-unreachable"},
                 )
                 await asyncio.sleep(delay)
                 continue
+            attempt = 0
+            self._closed.clear()
             self._nc = nc
             self._js = nc.jetstream()
             self._set("connected")
-            log.info("connected to NATS %s", self.state.server)
-        await asyncio.Event().wait()
+            log.info("connected to NATS %s", self.state.server, extra={"event": "nats-connected"})
+            await self._closed.wait()
+            if self._closing:
+                return
+            log.warning("NATS connection closed; connecting anew", extra={"event": "nats-closed"})
+            self._nc = None
+            self._js = None
 
     async def close(self) -> None:
         self._closing = True
@@ -376,6 +392,8 @@ class Bus:
         self, subject: str, payload: bytes, *, stream: str, msg_id: str | None = None
     ) -> asyncio.Future[PubAck]:
         """Publish and return a future of the ack (bounded by the caller)."""
+        import nats.js.errors as je
+
         js = self._jet()
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         async with self._mapped("stream", stream):
@@ -389,12 +407,22 @@ class Bus:
             if f.cancelled():
                 out.set_exception(BusUnavailableError("publish cancelled"))
             elif (e := f.exception()) is not None:
-                out.set_exception(BusError(f"publish to {stream} failed: {e}"))
+                if isinstance(e, je.NoStreamResponseError):
+                    out.set_exception(BucketMissingError("stream", stream))
+                else:
+                    out.set_exception(BusError(f"publish to {stream} failed: {e}"))
             else:
                 a = f.result()
                 out.set_result(PubAck(a.stream, a.seq, bool(a.duplicate)))
 
+        def _abandoned(o: asyncio.Future[PubAck]) -> None:
+            # A caller that gave up (e.g. wait_for timed out) must free nats-py's
+            # pending-ack slot, or a lost ack would hold it forever.
+            if o.cancelled() and not fut.done():
+                fut.cancel()
+
         fut.add_done_callback(_done)
+        out.add_done_callback(_abandoned)
         return out
 
     async def stream_exists(self, stream: str) -> bool:

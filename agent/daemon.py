@@ -14,8 +14,8 @@ import logging
 import os
 import signal
 import time
-from functools import partial
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +68,18 @@ async def _guarded(name: str, run: Callable[[], Awaitable[None]], state: Runtime
             await asyncio.sleep(delay)
 
 
+async def _first(*events: asyncio.Event, timeout: float) -> None:
+    """Wait until any of `events` is set, or `timeout`."""
+    if any(e.is_set() for e in events):
+        return
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 class _Daemon:
     def __init__(self, cfg_path: Path, cfg: Config, device_id: str, machine_id: str) -> None:
         self.cfg_path = cfg_path
@@ -103,6 +115,7 @@ class _Daemon:
 
     def _bus_changed(self, st: BusState) -> None:
         self.bus_state = st
+        self.state.changed.set()
 
     def summaries(self) -> tuple[LogsSummary | None, UpgradeSummary | None]:
         logs = self.logs.summary() if self.logs is not None else None
@@ -200,8 +213,8 @@ class _Daemon:
                 stall = max(3 * self.cfg.heartbeat.interval, 30.0)
                 if time.monotonic() - self.state.heartbeat_alive_at < stall:
                     self.notifier.watchdog()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), tick)
+            self.state.changed.clear()
+            await _first(self.stop, self.state.changed, self.reload, timeout=tick)
         raise _Stop
 
     async def main(self) -> int:

@@ -113,6 +113,7 @@ class HeartbeatService:
         self._state.problem("heartbeat", None)
         self._state.last_heartbeat_ack_at = utcnow()
         self._state.last_heartbeat_seq = hb.seq
+        self._state.changed.set()
         return True
 
     async def run(self, ready: Callable[[], None]) -> None:

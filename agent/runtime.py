@@ -6,6 +6,7 @@ heartbeat records acks, the daemon renders health, STATUS= and `status` from it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,9 +29,14 @@ class RuntimeState:
     last_heartbeat_seq: int | None = None
     # monotonic time of the heartbeat loop's last turn: the watchdog's proof of life.
     heartbeat_alive_at: float = field(default_factory=time.monotonic)
+    # Set on anything a person or the upgrade watcher should see at once (health, STATUS=).
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def problem(self, source: str, text: str | None) -> None:
+        before = self.problems.get(source)
         if text is None:
             self.problems.pop(source, None)
         else:
             self.problems[source] = text
+        if before != text:
+            self.changed.set()

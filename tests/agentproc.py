@@ -90,9 +90,7 @@ class AgentProcess:
                 continue
             except OSError:
                 return
-            fields = dict(
-                line.split("=", 1) for line in data.decode().splitlines() if "=" in line
-            )
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             with self._lock:
                 self.messages.append(fields)
 
@@ -100,7 +98,9 @@ class AgentProcess:
         with self._lock:
             return [m for m in self.messages if key in m and (value is None or m[key] == value)]
 
-    def wait_notify(self, key: str, value: str | None = None, timeout: float = 10) -> dict[str, str]:
+    def wait_notify(
+        self, key: str, value: str | None = None, timeout: float = 10
+    ) -> dict[str, str]:
         wait_for(lambda: self.notified(key, value), timeout, f"sd_notify {key}={value}")
         return self.notified(key, value)[0]
 

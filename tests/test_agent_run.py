@@ -102,8 +102,10 @@ def test_nats_killed_and_restarted(nats_js: NatsServer, tmp_path: Path) -> None:
         rev_before = info[1]
         nats_js.kill()
         wait_for(
-            lambda: (h := read_health(tmp_path / "run" / "health.json")) is not None
-            and h.nats.state != "connected",
+            lambda: (
+                (h := read_health(tmp_path / "run" / "health.json")) is not None
+                and h.nats.state != "connected"
+            ),
             10,
             "agent to notice NATS is gone",
         )
@@ -149,9 +151,17 @@ def test_duplicate_device_id_is_not_overwritten(nats_js: NatsServer, tmp_path: P
         {
             **json.loads(
                 subprocess.run(
-                    [sys.executable, "-m", "agent.cli", "-c",
-                     str(write_config(tmp_path / "x.toml", servers=[nats_js.url])), "info"],
-                    capture_output=True, check=True, text=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "agent.cli",
+                        "-c",
+                        str(write_config(tmp_path / "x.toml", servers=[nats_js.url])),
+                        "info",
+                    ],
+                    capture_output=True,
+                    check=True,
+                    text=True,
                 ).stdout
             ),
             "machine_id": "0" * 32,
@@ -170,7 +180,8 @@ def test_duplicate_device_id_is_not_overwritten(nats_js: NatsServer, tmp_path: P
         assert "0" * 32 in agent.stderr()
         status = subprocess.run(
             [sys.executable, "-m", "agent.cli", "-c", str(cfg), "status"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert "CONFLICT" in status.stdout and "0" * 32 in status.stdout
         info = _info(nats_js.url)
@@ -178,7 +189,8 @@ def test_duplicate_device_id_is_not_overwritten(nats_js: NatsServer, tmp_path: P
         assert _hb(nats_js.url) is None
         forget = subprocess.run(
             [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "forget", "dev-test"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert forget.returncode == 0, forget.stderr
         wait_for(lambda: _hb(nats_js.url) is not None, 20, "heartbeat once the key is released")
@@ -194,17 +206,24 @@ def test_sighup_reloads_labels_and_keeps_config_on_error(
     cfg = write_config(tmp_path / "agent.toml", servers=[nats_js.url], labels={"site": "a"})
     agent = AgentProcess(cfg)
     try:
-        wait_for(lambda: (_info(nats_js.url) or ({}, 0))[0].get("labels", {}).get("site") == "a",
-                 15, "first DeviceInfo")
+        wait_for(
+            lambda: (_info(nats_js.url) or ({}, 0))[0].get("labels", {}).get("site") == "a",
+            15,
+            "first DeviceInfo",
+        )
         write_config(cfg, servers=[nats_js.url], labels={"site": "b"})
         agent.signal(signal.SIGHUP)
-        wait_for(lambda: (_info(nats_js.url) or ({}, 0))[0]["labels"].get("site") == "b",
-                 10, "labels re-published after SIGHUP")
+        wait_for(
+            lambda: (_info(nats_js.url) or ({}, 0))[0]["labels"].get("site") == "b",
+            10,
+            "labels re-published after SIGHUP",
+        )
         cfg.write_text(cfg.read_text() + "\nbogus_key = 1\n")
         agent.signal(signal.SIGHUP)
         wait_for(lambda: "config reload rejected" in agent.stderr(), 10, "rejected reload")
         assert "bogus_key" in agent.stderr()
         assert agent.proc.poll() is None
+        wait_for(lambda: _hb(nats_js.url) is not None, 10, "a heartbeat")
         seq = (_hb(nats_js.url) or {})["seq"]
         wait_for(lambda: (_hb(nats_js.url) or {})["seq"] > seq, 10, "heartbeats go on")
     finally:
@@ -217,7 +236,9 @@ def test_bad_config_exits_78_before_nats(tmp_path: Path) -> None:
     cfg.write_text(f'[nats]\nservers = ["nats://127.0.0.1:{port}"]\ncreds_file = "/nope.creds"\n')
     r = subprocess.run(
         [sys.executable, "-m", "agent.cli", "-c", str(cfg), "run"],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert r.returncode == 78
     assert "nats.creds_file" in r.stderr and "/nope.creds" in r.stderr
@@ -231,12 +252,16 @@ def test_devices_ready_then_offline_after_sigkill(nats_js: NatsServer, tmp_path:
         wait_for(lambda: _hb(nats_js.url) is not None, 15, "first heartbeat")
         out = subprocess.run(
             [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "devices", "-l", "site=x"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert "dev-test" in out and "Ready" in out
         none = subprocess.run(
             [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "devices", "-l", "site=y"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert "dev-test" not in none
         agent.kill()
@@ -253,3 +278,92 @@ def test_devices_ready_then_offline_after_sigkill(nats_js: NatsServer, tmp_path:
         assert run_bus(nats_js.url, statuses) == ["Ready", "Stale", "Offline"]
     finally:
         agent.close()
+
+
+def test_health_says_acknowledged_only_for_a_real_ack(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """DeviceInfo can be written but the heartbeat bucket is missing: no ack is claimed."""
+
+    async def only_device_info(bus: Bus) -> None:
+        from nats.js.api import KeyValueConfig
+
+        await bus.js.create_key_value(KeyValueConfig(bucket="device-info", history=1))
+
+    run_bus(nats_server.url, only_device_info)
+    cfg = write_config(tmp_path / "agent.toml", servers=[nats_server.url])
+    agent = AgentProcess(cfg)
+    health_file = tmp_path / "run" / "health.json"
+    try:
+        wait_for(lambda: _info(nats_server.url) is not None, 15, "DeviceInfo written")
+        wait_for(lambda: "'device-heartbeat'" in agent.stderr(), 10, "missing heartbeat bucket")
+        wait_for(
+            lambda: (
+                (x := read_health(health_file)) is not None
+                and any("device-heartbeat" in p for p in x.problems)
+            ),
+            5,
+            "the problem in the health file",
+        )
+        h = read_health(health_file)
+        assert h is not None and h.nats.state == "connected"
+        assert h.last_heartbeat_ack_at is None
+        init_layout(nats_server.url)
+        wait_for(
+            lambda: (
+                (x := read_health(health_file)) is not None and x.last_heartbeat_ack_at is not None
+            ),
+            15,
+            "an acknowledged heartbeat once the bucket exists",
+        )
+    finally:
+        agent.stop()
+
+
+def test_status_info_and_watch_commands(nats_js: NatsServer, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "agent.toml", servers=[nats_js.url], labels={"role": "gw"})
+    info = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "-c", str(cfg), "info"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    parsed = DeviceInfo.model_validate_json(info.stdout)
+    assert parsed.labels["role"] == "gw" and parsed.device_id == "dev-test"
+    not_running = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "-c", str(cfg), "status"],
+        capture_output=True,
+        text=True,
+    )
+    assert not_running.returncode == 3 and "not running" in not_running.stderr
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "watch", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    agent = AgentProcess(cfg)
+    try:
+        assert watch.stdout is not None
+        seen: set[str] = set()
+        deadline = time.monotonic() + 15
+        while {"device-info", "device-heartbeat"} - seen and time.monotonic() < deadline:
+            line = watch.stdout.readline()
+            event = json.loads(line)
+            assert event["device"] == "dev-test"
+            seen.add(event["bucket"])
+        assert {"device-info", "device-heartbeat"} <= seen
+        st = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "-c", str(cfg), "status", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        doc = json.loads(st.stdout)
+        assert doc["running"] is True and doc["nats"]["state"] == "connected"
+        assert doc["version"] == parsed.agent_version
+    finally:
+        watch.kill()
+        watch.wait()
+        assert watch.stdout is not None
+        watch.stdout.close()
+        agent.stop()

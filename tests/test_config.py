@@ -28,7 +28,11 @@ def problems(text: str) -> list[str]:
         ("[agent\n", "not valid TOML", "line 1"),
         ("[agent]\ndevcie_id = 'x'\n", "agent.devcie_id: unknown key", ""),
         ("[nope]\n", "nope: unknown key", ""),
-        ("[agent]\ndevice_id = 'Bad_Name'\n", "agent.device_id: a device_id is a DNS-1123", "Bad_Name"),
+        (
+            "[agent]\ndevice_id = 'Bad_Name'\n",
+            "agent.device_id: a device_id is a DNS-1123",
+            "Bad_Name",
+        ),
         ("[agent]\ndevice_id = '-x'\n", "agent.device_id", "'-x'"),
         ("[agent]\ndevice_id = '" + "a" * 64 + "'\n", "agent.device_id", "a" * 64),
         ("[labels]\n'a b' = 'x'\n", 'labels."a b": a label name', "'x'"),
@@ -73,7 +77,10 @@ def test_defaults_match_the_contract() -> None:
     assert c.upgrade.confirm_window == 300.0 and c.upgrade.keep_releases == 2
     assert str(c.upgrade.trusted_keys_dir) == "/etc/harmony-agent/keys"
     assert str(c.agent.state_dir) == "/var/lib/harmony-agent"
-    assert (c.nats.device_info_bucket, c.nats.heartbeat_bucket) == ("device-info", "device-heartbeat")
+    assert (c.nats.device_info_bucket, c.nats.heartbeat_bucket) == (
+        "device-info",
+        "device-heartbeat",
+    )
     assert (c.nats.logs_stream, c.nats.upgrade_bucket) == ("DEVICE_LOGS", "agent-upgrade")
     assert c.nats.upgrade_status_bucket == "agent-upgrade-status"
     assert c.nats.artifacts_bucket == "agent-artifacts"
@@ -120,7 +127,7 @@ def test_missing_creds_file_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="agent.example.toml"):
+    with pytest.raises(ConfigError, match=r"agent\.example\.toml"):
         load_config(tmp_path / "none.toml")
 
 
@@ -142,14 +149,17 @@ def test_example_documents_every_key() -> None:
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "agent.cli", "-c", str(ROOT / "agent.example.toml"), "check-config"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[agent]\ndevice_id = 'NO'\n[labels]\n'a b' = 'c'\n")
     r = subprocess.run(
         [sys.executable, "-m", "agent.cli", "check-config"],
-        capture_output=True, text=True, env={"HARMONY_AGENT_CONFIG": str(bad), "PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        env={"HARMONY_AGENT_CONFIG": str(bad), "PATH": "/usr/bin"},
     )
     assert r.returncode == 78
     assert "agent.device_id" in r.stderr and 'labels."a b"' in r.stderr

@@ -22,8 +22,15 @@ def test_schemas_are_current() -> None:
 def test_timestamps_are_rfc3339_utc_with_z() -> None:
     assert format_ts(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == "2026-01-02T03:04:05.000006Z"
     hb = Heartbeat(
-        device_id="d", agent_version="1", seq=1, sent_at=datetime(2026, 1, 1, tzinfo=UTC),
-        interval_s=15, boot_id="b", uptime_s=1, agent_uptime_s=1, state="running",
+        device_id="d",
+        agent_version="1",
+        seq=1,
+        sent_at=datetime(2026, 1, 1, tzinfo=UTC),
+        interval_s=15,
+        boot_id="b",
+        uptime_s=1,
+        agent_uptime_s=1,
+        state="running",
         load=Load(cpu_percent=0, memory_used_percent=0, disk_used_percent=0),
     )
     raw = hb.model_dump(mode="json")

@@ -26,8 +26,9 @@ from agent.heartbeat import jittered
         (None, None, None, "Unknown"),
     ],
 )
-def test_device_status(age: float | None, interval: float | None, state: str | None,
-                       want: str) -> None:
+def test_device_status(
+    age: float | None, interval: float | None, state: str | None, want: str
+) -> None:
     assert device_status(age, interval, state) == want
 
 

@@ -61,7 +61,6 @@ async def list_devices(
         hb = _parse(Heartbeat, entry) if entry else None
         seen = entry.created if entry else None
         age = (now - seen).total_seconds() if seen else None
-        version = (hb.agent_version if hb else None) or (info.agent_version if info else None)
         interval = hb.interval_s if hb else (info.heartbeat_interval_s if info else None)
         rows.append(
             DeviceRow(

@@ -43,7 +43,9 @@ def _load(args: argparse.Namespace) -> tuple[Path, Config, str, str]:
 def _config_error(e: ConfigError) -> int:
     print(f"harmony-agent: {e}", file=sys.stderr)
     print("harmony-agent: fix the file and run `harmony-agent check-config`", file=sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    from agent.logsetup import journal_wanted
+
+    if journal_wanted():
         # Under systemd, also as one structured journal line with the paths as fields.
         try:
             from systemd import journal

@@ -36,7 +36,7 @@ __all__ = ["serve"]
 
 log = logging.getLogger("agent.daemon")
 
-TICK_S = 1.0
+TICK_S = 5.0
 HEALTH_REFRESH_S = 5.0
 STOP_BUDGET_S = 4.0
 

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["set_device_id", "setup_logging"]
+__all__ = ["journal_wanted", "set_device_id", "setup_logging"]
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -46,7 +46,7 @@ class _JournalHandler(logging.Handler):
                 "DEVICE_ID": self.device_id,
                 "HARMONY_EVENT": _event(record),
                 "CODE_FILE": record.pathname,
-                "CODE_LINE": str(record.lineno),
+                "CODE_LINE": record.lineno,
                 "CODE_FUNC": record.funcName,
             }
             self._send(msg, **fields)
@@ -64,6 +64,13 @@ class _StderrFormatter(logging.Formatter):
         return f"{base} [device={self.device_id} event={_event(record)}]"
 
 
+def journal_wanted() -> bool:
+    """Run by systemd (JOURNAL_STREAM set), or asked for with HARMONY_AGENT_LOG=journal."""
+    return (
+        bool(os.environ.get("JOURNAL_STREAM")) or os.environ.get("HARMONY_AGENT_LOG") == "journal"
+    )
+
+
 def setup_logging(device_id: str, level: str = "info") -> None:
     """Route the `agent` loggers; journald when run by systemd (JOURNAL_STREAM set)."""
     root = logging.getLogger("agent")
@@ -71,7 +78,7 @@ def setup_logging(device_id: str, level: str = "info") -> None:
     root.setLevel(level.upper())
     root.propagate = False
     handler: logging.Handler | None = None
-    if os.environ.get("JOURNAL_STREAM") or os.environ.get("HARMONY_AGENT_LOG") == "journal":
+    if journal_wanted():
         try:
             handler = _JournalHandler(device_id)
         except ImportError:

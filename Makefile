@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /tmp/harmony-demo
 
-.PHONY: all deps venv demo demo-stop test lint typecheck schemas example clean
+.PHONY: all deps venv demo demo-stop bench-logs test lint typecheck schemas example clean
 
 all: test
 
@@ -44,6 +44,9 @@ schemas: venv
 
 example: venv
 	$(BIN)/python -m agent.config_doc > agent.example.toml
+
+bench-logs: deps venv
+	$(BIN)/python -m bench.logs --runs 5
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -483,10 +483,19 @@ class Bus:
 
     async def object_download(self, bucket: str, name: str, into: IO[bytes]) -> int:
         """Stream an object into a file; returns the size written."""
+        import nats.js.errors as je
+
         js = self._jet()
         async with self._mapped("object store", bucket):
             obs = await js.object_store(bucket)
-            await obs.get(name, writeinto=into)
+        try:
+            async with self._mapped("object store", bucket):
+                await obs.get(name, writeinto=into)
+        except BucketMissingError as e:
+            # The store exists (opened above): what is missing is the object.
+            if isinstance(e.__cause__, je.ObjectNotFoundError | je.NotFoundError):
+                raise BusError(f"object {name!r} is not in object store {bucket!r}") from e
+            raise
         return into.tell()
 
     async def object_upload(self, bucket: str, name: str, data: IO[bytes]) -> int:

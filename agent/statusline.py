@@ -40,7 +40,8 @@ def status_line(h: Health, now: datetime) -> str:
     if h.logs is not None:
         lg = h.logs
         lag = f", lag {lg.lag_s:.1f}s" if lg.lag_s is not None else ""
-        parts.append(f"logs {lg.state}{lag}, {lg.shipped} shipped")
+        why = f" ({lg.detail})" if lg.detail and lg.state in ("blind", "error") else ""
+        parts.append(f"logs {lg.state}{why}{lag}, {lg.shipped} shipped")
     if h.upgrade is not None and h.upgrade.phase:
         parts.append(f"upgrade {h.upgrade.phase} {h.upgrade.target_version or ''}".rstrip())
     parts.extend(h.problems)

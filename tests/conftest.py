@@ -1,8 +1,10 @@
-"""Shared fixtures: a real nats-server with JetStream, and the fleet layout on it."""
+"""Shared fixtures: a real nats-server with JetStream (and the fleet layout), a real journald."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from agent.bus import Bus
 from agent.config import NatsSection
 from agent.fleet.layout import ensure_layout
+from tests.logs.journald import Journald, journald_running
 from tests.natsserver import NatsServer
 
 
@@ -43,3 +46,17 @@ def nats_js(nats_server: NatsServer) -> NatsServer:
     """A nats-server with every bucket and stream of contract §3 created."""
     init_layout(nats_server.url)
     return nats_server
+
+
+@pytest.fixture(scope="session")
+def journald() -> Iterator[Journald]:
+    """systemd-journald: the running one, or one started (and stopped) for this session."""
+    if not shutil.which("journalctl"):
+        pytest.skip("journalctl missing: apt-get install systemd")
+    if os.geteuid() != 0 and not journald_running():
+        pytest.skip("no systemd-journald running, and only root can start one")
+    jd = Journald().ensure()
+    try:
+        yield jd
+    finally:
+        jd.stop()

@@ -1,0 +1,113 @@
+"""The saved journal cursor: `<state_dir>/logs/cursor`, written atomically.
+
+The file only ever holds a cursor whose line, and every wanted line before it,
+JetStream acknowledged (or a journal position past lines the filters do not
+want). It is a small JSON record with `schema_version`, replaced with temp
+file + fsync + rename + directory fsync, so a crash leaves the old one or the
+new one, never a torn one. Writes are coalesced: while one is on disk, newer
+cursors replace each other and only the newest is written next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.contracts import format_ts, utcnow
+from agent.health import atomic_write
+
+__all__ = ["CursorStore", "SavedCursor"]
+
+log = logging.getLogger("agent.logs")
+
+
+@dataclass(frozen=True)
+class SavedCursor:
+    cursor: str
+    realtime_us: int | None
+
+
+class CursorStore:
+    """Load the saved cursor; save newer ones in the background, in order, coalesced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: SavedCursor | None = None
+        self._written: SavedCursor | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def load(self) -> SavedCursor | None:
+        """The saved cursor, or None (absent or unreadable: logged, then treated as absent)."""
+        try:
+            raw = json.loads(self.path.read_bytes())
+            cur = raw["cursor"]
+            rt = raw.get("realtime_us")
+            if raw.get("schema_version") != 1 or not isinstance(cur, str) or not cur:
+                raise ValueError("not a v1 cursor record")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning(
+                "ignoring unreadable cursor file %s (%s); starting by [logs] start_at",
+                self.path,
+                e,
+                extra={"event": "logs-cursor-unreadable"},
+            )
+            return None
+        saved = SavedCursor(cur, rt if isinstance(rt, int) else None)
+        self._written = saved
+        return saved
+
+    def write_now(self, saved: SavedCursor) -> None:
+        """Write synchronously (blocking I/O)."""
+        data = json.dumps(
+            {
+                "schema_version": 1,
+                "cursor": saved.cursor,
+                "realtime_us": saved.realtime_us,
+                "saved_at": format_ts(utcnow()),
+            }
+        ).encode()
+        atomic_write(self.path, data, 0o640)
+        self._written = saved
+
+    def save(self, saved: SavedCursor) -> None:
+        """Queue `saved` for writing (the newest queued one wins)."""
+        self._pending = saved
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def written(self) -> SavedCursor | None:
+        return self._written
+
+    async def run(self) -> None:
+        """Write queued cursors until cancelled; on cancel, write the last one synchronously."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                saved, self._pending = self._pending, None
+                if saved is not None and saved != self._written:
+                    await asyncio.to_thread(self.write_now, saved)
+                if self._pending is None:
+                    self._idle.set()
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued now (used at shutdown; blocking but short)."""
+        saved, self._pending = self._pending, None
+        if saved is not None and saved != self._written:
+            with contextlib.suppress(OSError):
+                self.write_now(saved)
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

@@ -1,0 +1,234 @@
+"""Journal entry -> LogRecord JSON, written by hand for speed (no model per line).
+
+The reader hands us the raw fields of one entry (`{name: bytes}`, as libsystemd
+returns them); we emit the JSON of one `agent.contracts.LogRecord` with `None`
+fields left out, exactly what `dump_json(LogRecord(...))` would produce. Tests
+check that equivalence; this path runs ~100,000 times a second.
+
+Synthetic records (a gap, a rate-limit drop) have no journal cursor; they get a
+key that cannot collide with one: `harmony-gap:<lost cursor>` and
+`harmony-dropped:<cursor of the first dropped line>` (see docs/logs.md).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from json.encoder import encode_basestring as _q
+from typing import Any
+
+__all__ = [
+    "DROPPED_PREFIX",
+    "GAP_PREFIX",
+    "MAX_MESSAGE_JSON",
+    "Encoded",
+    "Encoder",
+    "batch_json",
+    "cursor_realtime_us",
+    "decode_message",
+    "dropped_record",
+    "encode_entry",
+    "gap_record",
+]
+
+GAP_PREFIX = "harmony-gap:"
+# A record's message part never exceeds this many characters of JSON.
+MAX_MESSAGE_JSON = 512 * 1024
+# Messages shorter than this cannot exceed MAX_MESSAGE_JSON even fully escaped.
+_ESCAPE_SAFE = MAX_MESSAGE_JSON // 6
+DROPPED_PREFIX = "harmony-dropped:"
+_AGENT_ID = "harmony-agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One record's JSON text plus what batching and rate limiting need to know."""
+
+    json: str
+    priority: int
+    message_bytes: int
+
+
+def _one(v: Any) -> bytes | None:
+    # A field may repeat in one entry; libsystemd then gives a list. The first wins.
+    if isinstance(v, list):
+        v = v[0] if v else None
+    return v if isinstance(v, bytes) else None
+
+
+def cursor_realtime_us(cursor: str) -> int | None:
+    """The `t=` (realtime, hex µs) part of a journal cursor, or None."""
+    for part in cursor.split(";"):
+        if part.startswith("t="):
+            try:
+                return int(part[2:], 16)
+            except ValueError:
+                return None
+    return None
+
+
+def decode_message(raw: bytes, limit: int) -> tuple[str | None, str | None, bool]:
+    """(text, base64, truncated): text when valid UTF-8, else base64; cut at `limit` bytes."""
+    truncated = len(raw) > limit
+    if truncated:
+        raw = raw[:limit]
+    try:
+        return raw.decode("utf-8"), None, truncated
+    except UnicodeDecodeError as e:
+        # The cut may split one multi-byte character: drop its head, it is still text.
+        if truncated and e.start >= len(raw) - 3 and e.reason == "unexpected end of data":
+            try:
+                return raw[: e.start].decode("utf-8"), None, True
+            except UnicodeDecodeError:
+                pass
+    return None, base64.b64encode(raw).decode("ascii"), truncated
+
+
+def _int(v: bytes | None) -> int | None:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return None
+
+
+def _text(v: bytes) -> str:
+    return v.decode("utf-8", "replace")
+
+
+class Encoder:
+    """Encodes journal entries; caches the JSON of the fields lines of one process share."""
+
+    _MAX_CACHED = 4096
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._frags: dict[tuple[Any, ...], tuple[str, int]] = {}
+
+    def encode(
+        self, cursor: str, realtime_us: int, fields: Mapping[str, Any]
+    ) -> tuple[str, int, int]:
+        """(JSON text, priority, message bytes) of one entry as a LogRecord."""
+        g = fields.get
+        key = (
+            g("_BOOT_ID"),
+            g("_SYSTEMD_UNIT"),
+            g("SYSLOG_IDENTIFIER"),
+            g("_COMM"),
+            g("_PID"),
+            g("SYSLOG_PID"),
+            g("PRIORITY"),
+        )
+        try:
+            frag, priority = self._frags[key]
+        except KeyError:
+            frag, priority = _fragment(fields)
+            if len(self._frags) >= self._MAX_CACHED:
+                self._frags.clear()
+            self._frags[key] = (frag, priority)
+        except TypeError:  # a repeated field gave a list: not hashable, not cached
+            frag, priority = _fragment(fields)
+        src = g("_SOURCE_REALTIME_TIMESTAMP")
+        if src is not None:
+            src = _int(_one(src))
+        head = (
+            f'{{"cursor":"{cursor}","realtime_us":{realtime_us}'
+            if src is None
+            else f'{{"cursor":"{cursor}","realtime_us":{realtime_us},"source_realtime_us":{src}'
+        )
+        raw = g("MESSAGE", b"")
+        if raw.__class__ is bytes and len(raw) <= self.limit and len(raw) < _ESCAPE_SAFE:
+            try:
+                return f'{head}{frag},"message":{_q(raw.decode())}}}', priority, len(raw)
+            except UnicodeDecodeError:
+                pass
+        raw = _one(raw) or b""
+        text, b64, truncated = decode_message(raw, self.limit)
+        body = f',"message":{_q(text)}' if text is not None else f',"message_b64":"{b64}"'
+        if len(body) > MAX_MESSAGE_JSON:
+            # Control characters escape to 6 bytes each: keep a record well under
+            # NATS's max_payload by shipping such a message as base64 instead.
+            cut = raw[: self.limit]
+            body = f',"message_b64":"{base64.b64encode(cut).decode("ascii")}"'
+        tail = ',"truncated":true}' if truncated else "}"
+        return f"{head}{frag}{body}{tail}", priority, min(len(raw), self.limit)
+
+
+def _fragment(fields: Mapping[str, Any]) -> tuple[str, int]:
+    """The JSON of boot_id, unit, identifier, pid and priority, and the priority."""
+    g = fields.get
+    prio_raw = _one(g("PRIORITY"))
+    priority = 6
+    if prio_raw is not None and len(prio_raw) == 1 and 48 <= prio_raw[0] <= 55:
+        priority = prio_raw[0] - 48
+    parts = []
+    boot = _one(g("_BOOT_ID"))
+    if boot is not None:
+        parts.append(f',"boot_id":{_q(_text(boot))}')
+    unit = _one(g("_SYSTEMD_UNIT"))
+    if unit is not None:
+        parts.append(f',"unit":{_q(_text(unit))}')
+    ident = _one(g("SYSLOG_IDENTIFIER")) or _one(g("_COMM"))
+    if ident is not None:
+        parts.append(f',"identifier":{_q(_text(ident))}')
+    pid = _int(_one(g("_PID")) or _one(g("SYSLOG_PID")))
+    if pid is not None:
+        parts.append(f',"pid":{pid}')
+    parts.append(f',"priority":{priority}')
+    return "".join(parts), priority
+
+
+def encode_entry(cursor: str, realtime_us: int, fields: Mapping[str, Any], limit: int) -> Encoded:
+    """The JSON text of one journal entry as a LogRecord (uncached; see Encoder)."""
+    text, priority, n = Encoder(limit).encode(cursor, realtime_us, fields)
+    return Encoded(text, priority, n)
+
+
+def _synthetic(key: str, realtime_us: int, priority: int, message: str, extra: str) -> str:
+    return (
+        f'{{"cursor":{_q(key)},"realtime_us":{realtime_us},"identifier":"{_AGENT_ID}",'
+        f'"priority":{priority},"message":{_q(message)},{extra}}}'
+    )
+
+
+def gap_record(lost_cursor: str, from_us: int | None, to_us: int | None, now_us: int) -> str:
+    """A record saying the lines from `lost_cursor` on, up to `to_us`, left the journal unread."""
+    span = []
+    if from_us is not None:
+        span.append(f'"from_realtime_us":{from_us}')
+    if to_us is not None:
+        span.append(f'"to_realtime_us":{to_us}')
+    span.append(f'"lost_cursor":{_q(lost_cursor)}')
+    msg = (
+        "harmony-agent: journal lines were lost before they could be shipped "
+        "(the journal was rotated or vacuumed past the saved cursor)"
+    )
+    return _synthetic(
+        GAP_PREFIX + lost_cursor, to_us or now_us, 4, msg, f'"gap":{{{",".join(span)}}}'
+    )
+
+
+def dropped_record(
+    first_cursor: str, by_priority: Mapping[int, int], since_us: int, until_us: int
+) -> str:
+    """A record saying how many lines of which priority the rate limit dropped, and when."""
+    total = sum(by_priority.values())
+    counts = ",".join(f'"{p}":{n}' for p, n in sorted(by_priority.items()))
+    msg = f"harmony-agent: rate limit dropped {total} line(s)"
+    return _synthetic(
+        DROPPED_PREFIX + first_cursor,
+        until_us,
+        4,
+        msg,
+        f'"dropped":{{"by_priority":{{{counts}}},"since_realtime_us":{since_us},'
+        f'"until_realtime_us":{until_us}}}',
+    )
+
+
+def batch_json(device_id: str, records: list[str]) -> bytes:
+    """A LogBatch payload from record JSON texts."""
+    return (
+        f'{{"schema_version":1,"device_id":{_q(device_id)},"records":[{",".join(records)}]}}'
+    ).encode()

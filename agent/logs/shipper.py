@@ -1,0 +1,176 @@
+"""Publishing batches to JetStream: bounded in flight, acks awaited, retried, committed in order.
+
+A batch counts as shipped only when JetStream acknowledged it. Acks may come
+back out of order; the cursor is committed only up to the longest acknowledged
+prefix, so the saved cursor never passes an unacknowledged line. A failed or
+timed-out publish is retried with the same `Nats-Msg-Id` (capped, jittered
+backoff), so a batch the server did store is not stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.bus import Bus, backoff_delay
+from agent.errors import BucketMissingError, BusError, BusUnavailableError
+from agent.logs.cursor import SavedCursor
+from agent.logs.pump import Batch
+
+__all__ = ["Shipper"]
+
+log = logging.getLogger("agent.logs")
+
+_RETRY_CAP_S = 15.0
+
+
+@dataclass
+class _Pending:
+    batch: Batch
+    done: bool = False
+
+
+class Shipper:
+    """Takes batches from `queue`, publishes them, calls `commit` in order as acks arrive."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        subject: str,
+        stream: str,
+        *,
+        max_in_flight: int,
+        ack_timeout: float,
+        slots: threading.Semaphore,
+        commit: Callable[[SavedCursor], None],
+    ) -> None:
+        self.bus = bus
+        self.subject = subject
+        self.stream = stream
+        self.ack_timeout = ack_timeout
+        self.slots = slots
+        self.commit = commit
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue()
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._publishing = asyncio.Lock()
+        self._pending: deque[_Pending] = deque()
+        self.shipped = 0
+        self.gaps = 0
+        self.publishing = 0
+        self.failing_since: float | None = None
+        self.error: str | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    # --- what the summary reads ------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self.publishing
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending) + self.queue.qsize()
+
+    def oldest_unshipped_us(self) -> int | None:
+        for p in self._pending:
+            if p.batch.oldest_us is not None and not p.done:
+                return p.batch.oldest_us
+        return None
+
+    # --- the loop ----------------------------------------------------------------
+
+    def put(self, batch: Batch) -> None:
+        """From the event loop thread (the pump uses call_soon_threadsafe)."""
+        self._drained.clear()
+        self.queue.put_nowait(batch)
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                batch = await self.queue.get()
+                p = _Pending(batch)
+                self._pending.append(p)
+                if batch.payload is None:
+                    p.done = True
+                    self._advance()
+                    continue
+                await self._in_flight.acquire()
+                self.publishing += 1
+                tg.create_task(self._send(p))
+
+    async def _send(self, p: _Pending) -> None:
+        b = p.batch
+        assert b.payload is not None
+        attempt = 0
+        try:
+            while True:
+                try:
+                    # Issued one at a time, in order (nats-py may suspend inside a
+                    # publish, and NATS may be away), so the stream keeps the journal's
+                    # order; acks are awaited concurrently.
+                    async with self._publishing:
+                        while not self.bus.connected:
+                            # Not a failure (the bus logs its own state): just wait.
+                            if self.failing_since is None:
+                                self.failing_since = time.monotonic()
+                            await self.bus.wait_connected(self.ack_timeout)
+                        fut = await self.bus.publish_nowait(
+                            self.subject, b.payload, stream=self.stream, msg_id=b.msg_id
+                        )
+                    await asyncio.wait_for(fut, self.ack_timeout)
+                    break
+                except BucketMissingError as e:
+                    self._failed(str(e), error=True)
+                except BusUnavailableError as e:
+                    self._failed(str(e))
+                    await self.bus.wait_connected(self.ack_timeout)
+                except (BusError, TimeoutError) as e:
+                    self._failed(str(e) or "no ack within ack_timeout")
+                except Exception as e:  # e.g. the server's max_payload below batch_max_bytes
+                    self._failed(f"publish failed: {type(e).__name__}: {e}", error=True)
+                attempt += 1
+                await asyncio.sleep(backoff_delay(attempt, _RETRY_CAP_S))
+        finally:
+            self.publishing -= 1
+            self._in_flight.release()
+        if attempt:
+            log.info("logs: batch published after %d retries", attempt)
+        self.failing_since = None
+        self.error = None
+        p.done = True
+        self._advance()
+
+    def _failed(self, why: str, *, error: bool = False) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            log.warning(
+                "logs: publishing failed (%s); retrying",
+                why,
+                extra={"event": "logs-publish-failed"},
+            )
+        self.error = why if error else None
+
+    def _advance(self) -> None:
+        last: _Pending | None = None
+        while self._pending and self._pending[0].done:
+            last = self._pending.popleft()
+            self.shipped += last.batch.lines
+            self.gaps += last.batch.gaps
+            self.slots.release()
+        if last is not None:
+            self.commit(last.batch.commit)
+        if not self._pending and self.queue.empty():
+            self._drained.set()

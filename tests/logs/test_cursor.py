@@ -1,0 +1,39 @@
+"""The cursor file: atomic, versioned, unreadable treated as absent, writes coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from agent.logs.cursor import CursorStore, SavedCursor
+
+
+def test_absent_then_saved(tmp_path: Path) -> None:
+    store = CursorStore(tmp_path / "logs" / "cursor")
+    assert store.load() is None
+    store.write_now(SavedCursor("s=1;i=2", 5))
+    raw = json.loads((tmp_path / "logs" / "cursor").read_text())
+    assert raw["schema_version"] == 1 and raw["cursor"] == "s=1;i=2"
+    assert CursorStore(store.path).load() == SavedCursor("s=1;i=2", 5)
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["cursor"]
+
+
+def test_unreadable_is_absent(tmp_path: Path) -> None:
+    p = tmp_path / "cursor"
+    for text in ("{", '{"cursor": 1}', '{"schema_version": 2, "cursor": "x"}', "[]"):
+        p.write_text(text)
+        assert CursorStore(p).load() is None
+
+
+async def test_background_writes_keep_the_newest(tmp_path: Path) -> None:
+    store = CursorStore(tmp_path / "cursor")
+    task = asyncio.ensure_future(store.run())
+    for i in range(50):
+        store.save(SavedCursor(f"c{i}", i))
+    await asyncio.wait_for(store.wait_idle(), 5)
+    assert CursorStore(store.path).load() == SavedCursor("c49", 49)
+    store.save(SavedCursor("last", 1))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert CursorStore(store.path).load() == SavedCursor("last", 1)

@@ -92,12 +92,9 @@ class _Daemon:
         self.logs: Any = None
         self.upgrade: Any = None
         if cfg.logs.enabled:
-            try:
-                from agent.logs import LogsService
-            except ImportError:  # TEMP until agent.logs lands
-                LogsService = None  # type: ignore[assignment,misc]
-            if LogsService is not None:
-                self.logs = LogsService(cfg, device_id, self.bus)
+            from agent.logs import LogsService
+
+            self.logs = LogsService(cfg, device_id, self.bus)
         if cfg.upgrade.enabled:
             try:
                 from agent.upgrade import UpgradeService

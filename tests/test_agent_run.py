@@ -337,7 +337,7 @@ def test_status_info_and_watch_commands(nats_js: NatsServer, tmp_path: Path) -> 
     )
     assert not_running.returncode == 3 and "not running" in not_running.stderr
     watch = subprocess.Popen(
-        [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "watch", "--json"],
+        [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "watch", "--all", "--json"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -352,13 +352,20 @@ def test_status_info_and_watch_commands(nats_js: NatsServer, tmp_path: Path) -> 
             assert event["device"] == "dev-test"
             seen.add(event["bucket"])
         assert {"device-info", "device-heartbeat"} <= seen
-        st = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "-c", str(cfg), "status", "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        doc = json.loads(st.stdout)
+
+        def status() -> dict[str, Any]:
+            st = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "-c", str(cfg), "status", "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            doc: dict[str, Any] = json.loads(st.stdout)
+            return doc
+
+        # The health file follows the ack a moment after the watcher saw the heartbeat.
+        wait_for(lambda: status()["last_heartbeat_seq"] is not None, 10, "status with an ack")
+        doc = status()
         assert doc["running"] is True and doc["nats"]["state"] == "connected"
         assert doc["version"] == parsed.agent_version
     finally:

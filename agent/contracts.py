@@ -244,6 +244,8 @@ class UpgradeRequest(_Payload):
     expires_at: Timestamp
     confirm_window_s: float | None = None
     allow_downgrade: bool = False
+    # Ask again for a digest that rolled back before (ADR-022 §7: only explicitly).
+    retry_rolled_back: bool = False
 
 
 class DsseSignature(_Model):
@@ -261,9 +263,9 @@ class UpgradeStatus(_Payload):
     """Where an upgrade stands; KV `agent-upgrade-status/<device_id>`."""
 
     device_id: str
-    request_id: str | None
-    from_version: str | None
-    target_version: str | None
+    request_id: str | None = None
+    from_version: str | None = None
+    target_version: str | None = None
     phase: UpgradePhase
     progress: int | None = Field(default=None, ge=0, le=100)
     reason: str | None = None

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -39,6 +40,9 @@ log = logging.getLogger("agent.daemon")
 TICK_S = 5.0
 HEALTH_REFRESH_S = 5.0
 STOP_BUDGET_S = 4.0
+# A task that swallows its cancellation (nats-py can, inside a request) must not
+# keep a stopping agent alive: past this, the process ends anyway, exit code 0.
+STOP_HARD_S = 4.8
 
 
 class _Optional(Protocol):
@@ -80,6 +84,18 @@ async def _first(*events: asyncio.Event, timeout: float) -> None:
             w.cancel()
 
 
+def _arm_hard_exit(after_s: float) -> None:
+    def _exit() -> None:
+        log.error(
+            "stopping took longer than %.1fs; exiting now", after_s, extra={"event": "stop-forced"}
+        )
+        os._exit(0)
+
+    timer = threading.Timer(after_s, _exit)
+    timer.daemon = True
+    timer.start()
+
+
 class _Daemon:
     def __init__(self, cfg_path: Path, cfg: Config, device_id: str, machine_id: str) -> None:
         self.cfg_path = cfg_path
@@ -96,12 +112,9 @@ class _Daemon:
 
             self.logs = LogsService(cfg, device_id, self.bus)
         if cfg.upgrade.enabled:
-            try:
-                from agent.upgrade import UpgradeService
-            except ImportError:  # TEMP until agent.upgrade lands
-                UpgradeService = None  # type: ignore[assignment,misc]
-            if UpgradeService is not None:
-                self.upgrade = UpgradeService(cfg, device_id, self.bus)
+            from agent.upgrade import UpgradeService
+
+            self.upgrade = UpgradeService(cfg, device_id, self.bus)
         self.heartbeat = HeartbeatService(cfg, self.bus, self.state, self.summaries)
         self.stop = asyncio.Event()
         self.reload = asyncio.Event()
@@ -212,6 +225,7 @@ class _Daemon:
                     self.notifier.watchdog()
             self.state.changed.clear()
             await _first(self.stop, self.state.changed, self.reload, timeout=tick)
+        _arm_hard_exit(STOP_HARD_S)
         raise _Stop
 
     async def main(self) -> int:

@@ -1,0 +1,284 @@
+"""`harmony-fleet keygen | publish-artifact | upgrade | upgrade-status` (ADR-022)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import TextIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+
+from agent.bus import Bus, KvEntry
+from agent.config import NatsSection
+from agent.contracts import (
+    Artifact,
+    DeviceInfo,
+    UpgradeRequest,
+    UpgradeStatus,
+    format_ts,
+    utcnow,
+)
+from agent.durations import parse_duration
+from agent.errors import UpgradeError
+from agent.fleet.artifacts import ArtifactInfo, artifact_name, inspect_deb
+from agent.fleet.selectors import match_labels, parse_selector
+from agent.upgrade.envelope import keyid_of, sign_request
+from agent.upgrade.keys import load_signing_key, private_pem, public_pem
+
+__all__ = ["TERMINAL_PHASES", "register", "status_row"]
+
+TERMINAL_PHASES = frozenset({"committed", "rejected", "rolled_back", "failed"})
+_HEADER = ("DEVICE", "PHASE", "FROM→TO", "PROGRESS", "REASON", "UPDATED")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+# --- keygen -------------------------------------------------------------------
+
+
+async def cmd_keygen(args: argparse.Namespace, bus: Bus | None, n: NatsSection | None) -> int:
+    prefix = Path(args.out)
+    key_path, pub_path = prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+    for p in (key_path, pub_path):
+        if p.exists():
+            print(f"harmony-fleet: {p} exists; choose another --out or remove it", file=sys.stderr)
+            return 1
+    key = Ed25519PrivateKey.generate()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem(key))
+    pub_path.write_bytes(public_pem(key.public_key()))
+    print(f"private key: {key_path} (keep it secret; sign with --key {key_path})")
+    print(f"public key:  {pub_path} (copy to /etc/harmony-agent/keys/ on every device)")
+    print(f"keyid:       {keyid_of(key.public_key())}")
+    return 0
+
+
+# --- publish-artifact ------------------------------------------------------------
+
+
+async def cmd_publish(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+    path = Path(args.file)
+    with open(path, "rb") as f:
+        info = inspect_deb(f)
+    if info.package != "harmony-agent":
+        raise UpgradeError(f"{path} is package {info.package!r}, not harmony-agent")
+    with open(path, "rb") as f:
+        size = await bus.object_upload(n.artifacts_bucket, info.name, f)
+    if size != info.size:
+        raise UpgradeError(f"uploaded {size} bytes of {info.size}; try again")
+    if args.json:
+        print(json.dumps({"bucket": n.artifacts_bucket, "name": info.name, "version": info.version,
+                          "arch": info.arch, "sha256": info.sha256, "size": info.size}))
+    else:
+        print(f"published {n.artifacts_bucket}/{info.name}  version {info.version}  "
+              f"arch {info.arch}  {info.size} bytes  sha256 {info.sha256}")
+    return 0
+
+
+# --- upgrade ---------------------------------------------------------------------
+
+
+async def _artifact(bus: Bus, n: NatsSection, version: str, arch: str) -> ArtifactInfo:
+    """Download the published artifact and check it is that version for that arch.
+
+    The digest the operator signs is computed here from the bytes, never taken
+    from metadata someone else could have written.
+    """
+    buf = io.BytesIO()
+    name = artifact_name(version, arch)
+    try:
+        await bus.object_download(n.artifacts_bucket, name, buf)
+    except Exception as e:
+        raise UpgradeError(
+            f"artifact {n.artifacts_bucket}/{name} cannot be read ({e or type(e).__name__}); "
+            f"publish it first: harmony-fleet publish-artifact {name}"
+        ) from e
+    buf.seek(0)
+    info = inspect_deb(buf)
+    if (info.package, info.version, info.arch) != ("harmony-agent", version, arch):
+        raise UpgradeError(f"{name} holds {info.package} {info.version} {info.arch}")
+    return info
+
+
+async def _targets(args: argparse.Namespace, bus: Bus, n: NatsSection) -> dict[str, str | None]:
+    """Device id -> arch (None when the device never published its DeviceInfo)."""
+    infos: dict[str, DeviceInfo] = {}
+    for e in await bus.kv_entries(n.device_info_bucket):
+        try:
+            infos[e.key] = DeviceInfo.model_validate_json(e.value)
+        except ValidationError:
+            continue
+    if args.selector is not None:
+        sel = parse_selector(args.selector)
+        return {d: i.arch for d, i in sorted(infos.items()) if match_labels(sel, i.labels)}
+    return {d: (infos[d].arch if d in infos else None) for d in args.devices}
+
+
+async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+    if bool(args.devices) == (args.selector is not None):
+        print("harmony-fleet: name devices or give -l SELECTOR (one of them)", file=sys.stderr)
+        return 2
+    key = load_signing_key(Path(args.key))
+    targets = await _targets(args, bus, n)
+    if not targets:
+        print("harmony-fleet: no device matches", file=sys.stderr)
+        return 1
+    artifacts: dict[str, ArtifactInfo] = {}
+    rc = 0
+    now = utcnow()
+    for device, arch in targets.items():
+        arch = arch or args.arch
+        if arch is None:
+            print(f"{device}: skipped: no DeviceInfo to tell its arch (pass --arch)",
+                  file=sys.stderr)
+            rc = 1
+            continue
+        if arch not in artifacts:
+            artifacts[arch] = await _artifact(bus, n, args.version, arch)
+        a = artifacts[arch]
+        req = UpgradeRequest(
+            request_id=f"{device}-{uuid.uuid4().hex[:12]}",
+            device_id=device,
+            target_version=args.version,
+            arch=arch,
+            artifact=Artifact(bucket=n.artifacts_bucket, name=a.name, sha256=a.sha256,
+                              size=a.size),
+            issued_at=now,
+            expires_at=now + timedelta(seconds=args.expires),
+            confirm_window_s=args.confirm_window,
+            allow_downgrade=args.allow_downgrade,
+        )
+        extra = {"retry_rolled_back": True} if args.retry_rolled_back else None
+        env = sign_request(req, key, extra)
+        await bus.kv_put(n.upgrade_bucket, device, env.model_dump_json().encode())
+        print(f"{device}: requested {args.version} ({a.name}), request {req.request_id}")
+    return rc
+
+
+# --- upgrade-status ----------------------------------------------------------------
+
+
+def status_row(st: UpgradeStatus) -> tuple[str, ...]:
+    """One table row: device, phase, from→to, progress, reason, updated."""
+    return (
+        st.device_id,
+        st.phase,
+        f"{st.from_version or '?'}→{st.target_version or '?'}",
+        f"{st.progress}%" if st.progress is not None else "",
+        (st.reason or "").replace("\n", " "),
+        format_ts(st.updated_at)[:19] + "Z",
+    )
+
+
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in [_HEADER, *rows]) for i in range(len(_HEADER))]
+    widths[4] = min(widths[4], 70)
+    for r in [_HEADER, *rows]:
+        cells = [c if len(c) <= widths[i] else c[: widths[i] - 1] + "…" for i, c in enumerate(r)]
+        out.write("  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip() + "\n")
+
+
+def _parse_status(e: KvEntry) -> UpgradeStatus | None:
+    try:
+        return UpgradeStatus.model_validate_json(e.value)
+    except ValidationError:
+        return None
+
+
+async def cmd_status(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+    out = sys.stdout
+    key = args.device or ">"
+    latest: dict[str, UpgradeStatus] = {}
+    follow = args.follow or args.wait
+    initial = True
+    async for e in bus.kv_watch(n.upgrade_status_bucket, key):
+        if e is None:
+            initial = False
+            rows = [latest[d] for d in sorted(latest)]
+            if args.json:
+                for st in rows:
+                    out.write(st.model_dump_json() + "\n")
+            elif rows:
+                _table([status_row(st) for st in rows], out)
+            else:
+                out.write("no upgrade status yet\n")
+            out.flush()
+            if not follow or (args.wait and _all_done(latest)):
+                break
+            continue
+        parsed = None if e.deleted else _parse_status(e)
+        if parsed is None:
+            continue
+        st = parsed
+        latest[e.key] = st
+        if not initial:
+            if args.json:
+                out.write(st.model_dump_json() + "\n")
+            else:
+                out.write("  ".join(status_row(st)).rstrip() + "\n")
+            out.flush()
+            if args.wait and _all_done(latest):
+                break
+    if args.wait:
+        return 0 if latest and all(s.phase == "committed" for s in latest.values()) else 1
+    return 0
+
+
+def _all_done(latest: dict[str, UpgradeStatus]) -> bool:
+    return bool(latest) and all(s.phase in TERMINAL_PHASES for s in latest.values())
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    k = sub.add_parser("keygen", parents=parents,
+                       help="make an Ed25519 key pair for signing upgrade requests")
+    k.add_argument("--out", default="harmony-upgrade",
+                   help="path prefix: writes PREFIX.key (0600) and PREFIX.pub")
+    k.set_defaults(func=cmd_keygen, needs_bus=False)
+
+    p = sub.add_parser("publish-artifact", parents=parents,
+                       help="upload a harmony-agent .deb to the artifacts object store")
+    p.add_argument("file", help="the .deb (as built by `make deb`)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_publish)
+
+    u = sub.add_parser("upgrade", parents=parents,
+                       help="sign and send an upgrade request to devices")
+    u.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids")
+    u.add_argument("-l", "--selector", help="every device whose labels match key=value,...")
+    u.add_argument("--version", required=True, help="the version to run (published before)")
+    u.add_argument("--key", required=True, help="the private key from `harmony-fleet keygen`")
+    u.add_argument("--confirm-window", type=_duration, default=None, metavar="D",
+                   help='how long the new version must stay healthy, e.g. "2m" '
+                        "(default: the device's [upgrade] confirm_window)")
+    u.add_argument("--allow-downgrade", action="store_true", help="allow an older version")
+    u.add_argument("--retry-rolled-back", action="store_true",
+                   help="try again an artifact that already rolled back on a device")
+    u.add_argument("--expires", type=_duration, default=3600.0, metavar="D",
+                   help='the request is void after this long (default "1h")')
+    u.add_argument("--arch", help="arch of devices without DeviceInfo (amd64, arm64, ...)")
+    u.set_defaults(func=cmd_upgrade)
+
+    s = sub.add_parser("upgrade-status", parents=parents,
+                       help="where upgrades stand: phase, versions, reason (-f to follow)")
+    s.add_argument("device", nargs="?", help="only this device")
+    s.add_argument("-f", "--follow", action="store_true", help="print every change")
+    s.add_argument("-w", "--wait", action="store_true",
+                   help="follow until every shown upgrade ended; exit 0 only if all committed")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(func=cmd_status)
+

@@ -1,0 +1,87 @@
+"""Trusted and signing keys on disk (PEM files); the edge around `envelope`."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+
+from agent.errors import UpgradeError
+from agent.upgrade.envelope import keyid_of
+
+__all__ = [
+    "debian_arch",
+    "load_signing_key",
+    "load_trusted_keys",
+    "private_pem",
+    "public_pem",
+]
+
+_MAX_KEY_FILE = 16 * 1024
+_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armhf",
+    "armv6l": "armel",
+    "i686": "i386",
+    "riscv64": "riscv64",
+}
+
+
+def debian_arch() -> str:
+    """Debian's name for this CPU (the same rule as DeviceInfo's `arch`)."""
+    m = platform.machine()
+    return _ARCH.get(m, m.lower())
+
+
+def load_trusted_keys(directory: Path) -> tuple[dict[str, Ed25519PublicKey], list[str]]:
+    """Every Ed25519 public key in `directory`/*.pub by keyid, and one line per file skipped."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    problems: list[str] = []
+    try:
+        files = sorted(directory.glob("*.pub"))
+    except OSError as e:
+        return keys, [f"{directory}: {e}"]
+    for path in files:
+        try:
+            with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
+                data = fh.read(_MAX_KEY_FILE + 1)
+            key = load_pem_public_key(data)
+        except (OSError, ValueError) as e:
+            problems.append(f"{path}: cannot be read as a PEM public key ({e})")
+            continue
+        if not isinstance(key, Ed25519PublicKey):
+            problems.append(f"{path}: not an Ed25519 key")
+            continue
+        keys[keyid_of(key)] = key
+    return keys, problems
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The operator's Ed25519 private key (PEM, unencrypted) from `path`."""
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise UpgradeError(f"{path}: cannot read an unencrypted PEM private key ({e})") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UpgradeError(f"{path}: not an Ed25519 key; make one with `harmony-fleet keygen`")
+    return key
+
+
+def private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)

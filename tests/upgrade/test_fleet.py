@@ -1,0 +1,102 @@
+"""harmony-fleet keygen, publish-artifact, upgrade, upgrade-status against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.bus import Bus
+from agent.config import NatsSection
+from agent.contracts import (
+    CpuInfo,
+    DeviceInfo,
+    DiskInfo,
+    OsInfo,
+    UpgradeStatus,
+    utcnow,
+)
+from agent.fleet.cli import main as fleet
+from agent.upgrade.envelope import verify_envelope
+from agent.upgrade.keys import load_trusted_keys
+from agent.upgrade.status import status_bytes
+from tests.natsserver import NatsServer
+from tests.upgrade.helpers import build_deb
+
+
+def _kv(url: str, bucket: str, key: str, value: bytes | None = None) -> bytes | None:
+    async def go() -> bytes | None:
+        bus = Bus(NatsSection(servers=[url]))
+        await bus.connect_once()
+        try:
+            if value is not None:
+                await bus.kv_put(bucket, key, value)
+                return value
+            e = await bus.kv_get(bucket, key)
+            return e.value if e else None
+        finally:
+            await bus.close()
+    return asyncio.run(go())
+
+
+def _info(device: str, labels: dict[str, str], arch: str = "amd64") -> bytes:
+    now = utcnow()
+    return DeviceInfo(
+        device_id=device, machine_id="m" * 32, hostname=device, labels=labels,
+        agent_version="0.1.0", os=OsInfo(id="debian", version_id="12", pretty_name="Debian"),
+        kernel="6.1", arch=arch, boot_id="b", booted_at=now, started_at=now,
+        cpu=CpuInfo(model="x", count=2), memory_total_bytes=1, disk=DiskInfo(root_total_bytes=1),
+        network=[], heartbeat_interval_s=15, updated_at=now,
+    ).model_dump_json().encode()
+
+
+def test_keygen_publish_upgrade_and_status(
+    tmp_path: Path, nats_js: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["-s", nats_js.url]
+    prefix = tmp_path / "op"
+    assert fleet([*url, "keygen", "--out", str(prefix)]) == 0
+    assert (prefix.with_suffix(".key").stat().st_mode & 0o777) == 0o600
+    assert fleet([*url, "keygen", "--out", str(prefix)]) == 1, "never overwrites a key"
+    (tmp_path / "debs").mkdir()
+    deb, sha, size = build_deb(tmp_path / "debs", "0.3.0")
+    capsys.readouterr()
+    assert fleet([*url, "publish-artifact", str(deb), "--json"]) == 0
+    published = json.loads(capsys.readouterr().out)
+    assert published == {"bucket": "agent-artifacts", "name": "harmony-agent_0.3.0_amd64.deb",
+                         "version": "0.3.0", "arch": "amd64", "sha256": sha, "size": size}
+    _kv(nats_js.url, "device-info", "dev-a", _info("dev-a", {"site": "x"}))
+    _kv(nats_js.url, "device-info", "dev-b", _info("dev-b", {"site": "y"}))
+    key = str(prefix.with_suffix(".key"))
+    assert fleet([*url, "upgrade", "-l", "site=x", "--version", "0.3.0", "--key", key,
+                  "--confirm-window", "30s"]) == 0
+    keys, _ = load_trusted_keys(tmp_path)
+    raw = _kv(nats_js.url, "agent-upgrade", "dev-a")
+    assert raw is not None
+    req = verify_envelope(raw, keys).request
+    assert (req.device_id, req.target_version, req.arch, req.confirm_window_s) == (
+        "dev-a", "0.3.0", "amd64", 30.0)
+    assert (req.artifact.sha256, req.artifact.size) == (sha, size)
+    assert req.expires_at - req.issued_at == timedelta(hours=1)
+    assert _kv(nats_js.url, "agent-upgrade", "dev-b") is None, "the selector left dev-b alone"
+    # A version nobody published is an error that says what to do.
+    capsys.readouterr()
+    assert fleet([*url, "upgrade", "dev-b", "--version", "9.9.9", "--key", key]) == 1
+    assert "publish it first" in capsys.readouterr().err
+    # The device reports; upgrade-status shows a table and --wait ends on committed.
+    st = UpgradeStatus(device_id="dev-a", request_id=req.request_id, from_version="0.1.0",
+                       target_version="0.3.0", phase="committed", reason="healthy",
+                       updated_at=utcnow())
+    _kv(nats_js.url, "agent-upgrade-status", "dev-a", status_bytes(st))
+    capsys.readouterr()
+    assert fleet([*url, "upgrade-status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["DEVICE", "PHASE", "FROM→TO", "PROGRESS", "REASON", "UPDATED"]
+    assert out[1].split()[:3] == ["dev-a", "committed", "0.1.0→0.3.0"]
+    assert fleet([*url, "upgrade-status", "dev-a", "--wait"]) == 0
+    rolled = st.model_copy(update={"phase": "rolled_back", "reason": "crashed"})
+    _kv(nats_js.url, "agent-upgrade-status", "dev-a", status_bytes(rolled))
+    assert fleet([*url, "upgrade-status", "dev-a", "--wait"]) == 1

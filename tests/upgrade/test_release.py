@@ -1,0 +1,130 @@
+"""Strict extraction of a release from the artifact, the flip and pruning (root side)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.errors import UpgradeError
+from agent.upgrade.layout import MARKER
+from agent.upgrade.release import (
+    current_version,
+    extract_release,
+    flip_current,
+    packaged_versions,
+    prune_releases,
+    remove_partials,
+)
+from tests.upgrade.helpers import build_deb
+
+P = "./opt/harmony-agent/releases/0.2.0/"
+
+
+def _tar(tmp: Path, add: Callable[[tarfile.TarFile], None]) -> tuple[Path, str]:
+    """A data tarball and a stand-in `dpkg-deb` that prints it (to feed untrusted members)."""
+    data = tmp / "data.tar"
+    with tarfile.open(data, "w") as t:
+        add(t)
+    tool = tmp / "fake-dpkg-deb"
+    tool.write_text(f'#!/bin/sh\nexec cat "{data}"\n')
+    tool.chmod(0o755)
+    return data, str(tool)
+
+
+def _both(*_: object) -> None:
+    """Lets a table lambda add two members."""
+
+
+def _file(t: tarfile.TarFile, name: str, body: bytes = b"x", mode: int = 0o644) -> object:
+    info = tarfile.TarInfo(name)
+    info.size = len(body)
+    info.mode = mode
+    t.addfile(info, io.BytesIO(body))
+    return None
+
+
+def _link(t: tarfile.TarFile, name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> object:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    t.addfile(info)
+    return None
+
+
+def test_extracts_only_the_release_and_writes_the_marker_last(tmp_path: Path) -> None:
+    deb, _, _ = build_deb(tmp_path, "0.2.0", files={"agent/x.py": "print(1)\n"},
+                          extra_root={"usr/bin/harmony-agent": "#!/bin/sh\n"})
+    rel = extract_release(deb, tmp_path / "releases", "0.2.0", marker_text="{}\n")
+    assert (rel / "agent" / "x.py").read_text() == "print(1)\n"
+    assert (rel / MARKER).read_text() == "{}\n"
+    assert not (tmp_path / "releases" / "0.2.0.tmp").exists()
+    assert not (tmp_path / "releases" / "usr").exists()
+
+
+@pytest.mark.parametrize(
+    ("add", "reason"),
+    [
+        (lambda t: _file(t, P + "../../../../etc/x"), "unsafe path"),
+        (lambda t: _file(t, "/opt/harmony-agent/releases/0.2.0/abs"), "unsafe path"),
+        (lambda t: _both(_link(t, P + "lib", "/etc"), _file(t, P + "lib/passwd")),
+         "through a symlink"),
+        (lambda t: _link(t, P + "hard", "./etc/shadow", tarfile.LNKTYPE), "hard-links outside"),
+        (lambda t: _link(t, P + "dev", "", tarfile.CHRTYPE), "special file"),
+        (lambda t: _both(_file(t, P + "a"), _file(t, P + "a")), "twice"),
+        (lambda t: _file(t, "./usr/bin/other"), "no files under"),
+    ],
+    ids=["dotdot", "absolute", "write-through-symlink", "hardlink-out", "device", "duplicate",
+         "empty-release"],
+)
+def test_unsafe_archives_are_refused(tmp_path: Path, add: Callable[[tarfile.TarFile], None],
+                                     reason: str) -> None:
+    _, tool = _tar(tmp_path, add)
+    with pytest.raises(UpgradeError, match=reason):
+        extract_release(tmp_path / "x.deb", tmp_path / "releases", "0.2.0",
+                        marker_text="{}", dpkg_deb=tool)
+    assert not (tmp_path / "releases" / "0.2.0").exists()
+    assert not (tmp_path / "etc").exists()
+
+
+def test_setuid_bits_are_dropped_and_symlinks_kept(tmp_path: Path) -> None:
+    def add(t: tarfile.TarFile) -> None:
+        _file(t, P + "bin/tool", b"#!/bin/sh\n", 0o4755)
+        _link(t, P + "bin/python", "/usr/bin/python3")
+    _, tool = _tar(tmp_path, add)
+    rel = extract_release(tmp_path / "x.deb", tmp_path / "releases", "0.2.0",
+                          marker_text="{}", dpkg_deb=tool)
+    assert stat.S_IMODE(os.stat(rel / "bin" / "tool").st_mode) == 0o755
+    assert os.readlink(rel / "bin" / "python") == "/usr/bin/python3"
+
+
+def test_flip_is_a_symlink_rename(tmp_path: Path) -> None:
+    (tmp_path / "releases" / "0.1.0").mkdir(parents=True)
+    (tmp_path / "releases" / "0.2.0").mkdir()
+    flip_current(tmp_path, "0.1.0")
+    flip_current(tmp_path, "0.2.0")
+    assert os.readlink(tmp_path / "current") == "releases/0.2.0"
+    assert current_version(tmp_path) == "0.2.0"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".current")] == []
+
+
+def test_prune_keeps_running_previous_and_packaged(tmp_path: Path) -> None:
+    rels = tmp_path / "releases"
+    for v in ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0.tmp"):
+        (rels / v).mkdir(parents=True)
+    removed = prune_releases(rels, 2, "0.4.0", "0.2.0", protect={"0.1.0"})
+    assert sorted(removed) == ["0.3.0"]
+    assert sorted(p.name for p in rels.iterdir()) == ["0.1.0", "0.2.0", "0.4.0", "0.5.0.tmp"]
+    assert remove_partials(rels) == ["0.5.0.tmp"]
+
+
+def test_packaged_versions_come_from_dpkgs_list(tmp_path: Path) -> None:
+    lst = tmp_path / "harmony-agent.list"
+    lst.write_text("/opt/harmony-agent\n/opt/harmony-agent/releases\n"
+                   "/opt/harmony-agent/releases/0.1.0\n/opt/harmony-agent/releases/0.1.0/agent\n")
+    assert packaged_versions(lst, Path("/opt/harmony-agent/releases")) == {"0.1.0"}

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /tmp/harmony-demo
 
-.PHONY: all deps venv demo demo-stop bench-logs test lint typecheck schemas example clean
+.PHONY: all deps venv demo demo-stop bench-logs bench-upgrade test lint typecheck schemas example clean
 
 all: test
 
@@ -47,6 +47,9 @@ example: venv
 
 bench-logs: deps venv
 	$(BIN)/python -m bench.logs --runs 5
+
+bench-upgrade: deps venv
+	$(BIN)/python -m bench.upgrade --runs 3 --window 5s
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -6,7 +6,7 @@ PKGS=(
   systemd                                                          # systemd-journald, systemd-analyze
   systemd-journal-remote                                           # bench/logs peer
   debootstrap systemd-container                                    # booted-Debian E2E
-  dpkg-dev fakeroot lintian file binutils python3-systemd          # .deb build and checks
+  dpkg-dev lintian python3-systemd                                 # .deb build and checks
   make git ca-certificates
 )
 missing=()

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /tmp/harmony-demo
 
-.PHONY: all deps venv demo demo-stop bench-logs bench-upgrade test lint typecheck schemas example clean
+.PHONY: all deps venv demo demo-stop bench-agent bench-logs bench-upgrade test lint typecheck schemas example clean
 
 all: test
 
@@ -44,6 +44,9 @@ schemas: venv
 
 example: venv
 	$(BIN)/python -m agent.config_doc > agent.example.toml
+
+bench-agent: deps venv
+	$(BIN)/python -m bench.agent
 
 bench-logs: deps venv
 	$(BIN)/python -m bench.logs --runs 5

@@ -167,8 +167,17 @@ class Bus:
         return random.choice(servers), backoff_delay(self._attempt, self._cfg.reconnect_max_wait)
 
     async def _error_cb(self, e: Exception) -> None:
-        log.debug("nats error: %s", e)
-        self.state = BusState(self.state.state, self.state.server, self.state.since, str(e))
+        msg = str(e) or type(e).__name__
+        last = self.state.last_error or ""
+        if self.state.state != "connected":
+            # A refused CONNECT is followed by the server closing the socket: that reset
+            # must not replace the reason a person has to act on (status, STATUS=).
+            if isinstance(e, ConnectionResetError | EOFError) and "authoriz" in last.lower():
+                return
+            if msg != last:
+                log.warning("NATS: %s", msg, extra={"event": "nats-error"})
+        log.debug("nats error: %s", msg)
+        self.state = BusState(self.state.state, self.state.server, self.state.since, msg)
 
     async def _disconnected_cb(self) -> None:
         if self.state.state == "connected" and not self._closing:
@@ -187,14 +196,24 @@ class Bus:
 
     async def connect_once(self) -> None:
         """One connect attempt (for the operator CLI); BusUnavailableError on failure."""
-        import nats
+        from nats.aio.client import Client
 
+        nc = Client()
+        # nats-py gives up on a server only with max_reconnect_attempts >= 1: with the
+        # daemon's -1, one "attempt" at a server that is down loops for ever.
+        opts = {**self._options(), "allow_reconnect": False, "max_reconnect_attempts": 1}
         try:
-            self._nc = await nats.connect(**{**self._options(), "allow_reconnect": False})
+            await nc.connect(**{**opts, "reconnect_time_wait": 0.5})
         except Exception as e:
+            # nats-py leaves the socket of a refused connect (auth, TLS) open.
+            with contextlib.suppress(Exception):
+                await nc.close()
+            # "no servers available" hides why; the last error of an attempt says it.
+            why = self.state.last_error or str(e) or type(e).__name__
             raise BusUnavailableError(
-                f"cannot connect to NATS at {', '.join(self._cfg.servers)}: {e or type(e).__name__}"
+                f"cannot connect to NATS at {', '.join(self._cfg.servers)}: {why}"
             ) from e
+        self._nc = nc
         self._js = self._nc.jetstream()
         self._set("connected")
 
@@ -204,19 +223,30 @@ class Bus:
         Should nats-py ever give up and close the connection (it can, e.g. after
         authorization errors during reconnects), start over with a new one.
         """
-        import nats
+        from nats.aio.client import Client
 
         attempt = 0
         while True:
             self._set("connecting")
+            nc = Client()
             try:
-                nc = await nats.connect(**self._options())
+                # One pass over the servers (nats-py would otherwise retry the first connect
+                # for ever at its fixed 2 s pace); the jittered backoff below paces the rest.
+                await nc.connect(
+                    **{**self._options(), "max_reconnect_attempts": 1, "reconnect_time_wait": 0.2}
+                )
             except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await nc.close()
                 raise
             except Exception as e:
+                with contextlib.suppress(Exception):
+                    await nc.close()
                 attempt += 1
                 delay = backoff_delay(attempt, self._cfg.reconnect_max_wait)
                 msg = str(e) or type(e).__name__
+                if "no servers" in msg.lower() and self.state.last_error:
+                    msg = self.state.last_error  # the reason of the last server's refusal
                 self._set("disconnected", msg)
                 log.warning(
                     "cannot reach NATS at %s (%s); retrying in %.1fs",
@@ -228,6 +258,8 @@ class Bus:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            # Connected: from now on nats-py reconnects for ever, paced by _next_server.
+            nc.options["max_reconnect_attempts"] = -1
             self._closed.clear()
             self._nc = nc
             self._js = nc.jetstream()

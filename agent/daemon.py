@@ -43,6 +43,7 @@ STOP_BUDGET_S = 4.0
 # A task that swallows its cancellation (nats-py can, inside a request) must not
 # keep a stopping agent alive: past this, the process ends anyway, exit code 0.
 STOP_HARD_S = 4.8
+RECANCEL_S = 0.5
 
 
 class _Optional(Protocol):
@@ -240,16 +241,31 @@ class _Daemon:
             readies.append(ev)
             return ev.set
 
+        tasks: list[asyncio.Task[None]] = []
+
+        def recancel() -> None:
+            # The TaskGroup cancels each task once; nats-py on Python 3.11 can swallow that
+            # cancel (an asyncio.wait_for race), and then the last `stopping` heartbeat
+            # would never go out before the hard exit. Repeat it until all have ended.
+            pending = [t for t in tasks if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.call_later(RECANCEL_S, recancel)
+
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.bus.run(), name="bus")
-                tg.create_task(self.announcer.run(ready_event()), name="announce")
-                tg.create_task(self.heartbeat.run(ready_event()), name="heartbeat")
+                tasks.append(tg.create_task(self.bus.run(), name="bus"))
+                tasks.append(tg.create_task(self.announcer.run(ready_event()), name="announce"))
+                tasks.append(tg.create_task(self.heartbeat.run(ready_event()), name="heartbeat"))
                 for name, svc in (("logs", self.logs), ("upgrade", self.upgrade)):
                     if svc is not None:
                         r = ready_event()
-                        tg.create_task(_guarded(name, partial(svc.run, r), self.state), name=name)
-                tg.create_task(self.supervise(readies), name="supervise")
+                        run = _guarded(name, partial(svc.run, r), self.state)
+                        tasks.append(tg.create_task(run, name=name))
+                sup = tg.create_task(self.supervise(readies), name="supervise")
+                # However the group ends (stop, or a task's crash), make sure it does end.
+                sup.add_done_callback(lambda _: loop.call_later(RECANCEL_S, recancel))
         except* _Stop:
             pass
         await self.shutdown()

@@ -18,6 +18,9 @@ class Notifier:
         if addr:
             self._addr = "\0" + addr[1:] if addr.startswith("@") else addr
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never wait on systemd: with its datagram queue full a blocking send would
+            # freeze the event loop (heartbeats included); a dropped STATUS= is harmless.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:

@@ -374,3 +374,41 @@ def test_status_info_and_watch_commands(nats_js: NatsServer, tmp_path: Path) -> 
         assert watch.stdout is not None
         watch.stdout.close()
         agent.stop()
+
+
+def test_sigterm_right_after_ready_exits_within_5s(nats_js: NatsServer, tmp_path: Path) -> None:
+    """SIGTERM the instant READY=1 arrives, while the services still talk to NATS: nats-py
+    on Python 3.11 can swallow a task's cancel, and the stop must not hang on it."""
+    import os
+    import socket
+
+    forced = 0
+    for i in range(8):
+        d = tmp_path / f"a{i}"
+        d.mkdir()
+        cfg = write_config(d / "agent.toml", servers=[nats_js.url], interval="15s", upgrade=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(d / "notify.sock"))
+            sock.settimeout(10)
+            env = {**os.environ, "NOTIFY_SOCKET": str(d / "notify.sock")}
+            cmd = [sys.executable, "-m", "agent.cli", "-c", str(cfg), "run"]
+            with open(d / "stderr", "wb") as err:
+                proc = subprocess.Popen(cmd, env=env, stderr=err)
+            try:
+                while b"READY=1" not in sock.recv(4096).split(b"\n"):
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                t0 = time.monotonic()
+                sock.setblocking(False)  # later datagrams are not read: never block the agent
+                try:
+                    rc = proc.wait(6)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"run {i}: still running 6 s after SIGTERM") from None
+                assert rc == 0 and time.monotonic() - t0 < 5.0
+                forced += "stopping took longer" in (d / "stderr").read_text()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    # The forced exit is the backstop, not the way: an orderly stop is the rule.
+    assert forced <= 2, f"{forced} of 8 stops needed the forced exit"

@@ -12,15 +12,19 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
 from agent.contracts import DsseEnvelope, DsseSignature, UpgradeRequest
 from agent.errors import UpgradeRejectedError
+
+if TYPE_CHECKING:
+    # cryptography costs ~8 MB of RSS: the daemon loads it only when a request arrives.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -56,6 +60,8 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def keyid_of(key: Ed25519PublicKey) -> str:
     """sha256 of the raw 32-byte public key, hex: the same id on both sides, never chosen."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
 
@@ -92,6 +98,8 @@ def verify_envelope(data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Verifi
 
     Raises UpgradeRejectedError with a reason a person understands otherwise.
     """
+    from cryptography.exceptions import InvalidSignature
+
     if len(data) > MAX_ENVELOPE_BYTES:
         raise UpgradeRejectedError(f"the envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
     try:
@@ -99,9 +107,7 @@ def verify_envelope(data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Verifi
     except (ValidationError, ValueError) as e:
         raise UpgradeRejectedError("not a DSSE envelope (invalid JSON or missing fields)") from e
     if env.payloadType != PAYLOAD_TYPE:
-        raise UpgradeRejectedError(
-            f"payload type {env.payloadType!r} is not {PAYLOAD_TYPE!r}"
-        )
+        raise UpgradeRejectedError(f"payload type {env.payloadType!r} is not {PAYLOAD_TYPE!r}")
     if not keys:
         raise UpgradeRejectedError(
             "no trusted keys: put the operator's Ed25519 public key (*.pub) in trusted_keys_dir"

@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-    load_pem_public_key,
-)
+from typing import TYPE_CHECKING
 
 from agent.errors import UpgradeError
 from agent.upgrade.envelope import keyid_of
+
+if TYPE_CHECKING:
+    # cryptography costs ~8 MB of RSS: imported where a key is read, not with the daemon.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "debian_arch",
@@ -47,6 +45,9 @@ def debian_arch() -> str:
 
 def load_trusted_keys(directory: Path) -> tuple[dict[str, Ed25519PublicKey], list[str]]:
     """Every Ed25519 public key in `directory`/*.pub by keyid, and one line per file skipped."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     keys: dict[str, Ed25519PublicKey] = {}
     problems: list[str] = []
     try:
@@ -70,6 +71,9 @@ def load_trusted_keys(directory: Path) -> tuple[dict[str, Ed25519PublicKey], lis
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """The operator's Ed25519 private key (PEM, unencrypted) from `path`."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
@@ -80,8 +84,12 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def private_pem(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)

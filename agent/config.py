@@ -27,6 +27,7 @@ from pydantic import (
 
 from agent.durations import parse_duration
 from agent.errors import ConfigError
+from agent.journal_names import priority_of
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -53,18 +54,6 @@ _DNS1123_SUBDOMAIN = re.compile(
 )
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_PRIORITIES = {
-    "emerg": 0,
-    "alert": 1,
-    "crit": 2,
-    "err": 3,
-    "error": 3,
-    "warning": 4,
-    "warn": 4,
-    "notice": 5,
-    "info": 6,
-    "debug": 7,
-}
 
 
 def _duration(value: Any, info: ValidationInfo) -> float:
@@ -80,10 +69,8 @@ def _priority(value: Any) -> int:
         raise ValueError("a priority is a name (emerg ... debug) or a number 0-7")
     if isinstance(value, int) and 0 <= value <= 7:
         return value
-    if isinstance(value, str) and value.lower() in _PRIORITIES:
-        return _PRIORITIES[value.lower()]
-    if isinstance(value, str) and value.isdigit() and 0 <= int(value) <= 7:
-        return int(value)
+    if isinstance(value, str) and (prio := priority_of(value)) is not None:
+        return prio
     raise ValueError(
         "a priority is one of emerg, alert, crit, err, warning, notice, info, debug, or 0-7"
     )

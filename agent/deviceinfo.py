@@ -9,30 +9,12 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.arch import debian_arch
 from agent.config import RESERVED_LABEL_PREFIX, Config
 from agent.contracts import CpuInfo, DeviceInfo, DiskInfo, NetworkInterface, OsInfo, utcnow
 from agent.version import __version__
 
 __all__ = ["collect_device_info", "debian_arch", "read_boot_id", "same_device_info"]
-
-_ARCH = {
-    "x86_64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "armhf",
-    "armv6l": "armel",
-    "i686": "i386",
-    "i386": "i386",
-    "riscv64": "riscv64",
-    "ppc64le": "ppc64el",
-    "s390x": "s390x",
-}
-
-
-def debian_arch(machine: str | None = None) -> str:
-    """Debian's name for the CPU architecture (amd64, arm64, armhf, ...)."""
-    m = machine or platform.machine()
-    return _ARCH.get(m, m.lower())
 
 
 def read_boot_id() -> str:

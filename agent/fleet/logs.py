@@ -20,43 +20,16 @@ from agent.bus import Bus
 from agent.config import NatsSection
 from agent.contracts import LogBatch, LogRecord
 from agent.durations import parse_duration
+from agent.journal_names import mangle_unit, priority_of
 
 __all__ = ["format_record", "parse_since", "record_matches", "register"]
-
-_PRIORITIES = {
-    "emerg": 0,
-    "alert": 1,
-    "crit": 2,
-    "err": 3,
-    "error": 3,
-    "warning": 4,
-    "warn": 4,
-    "notice": 5,
-    "info": 6,
-    "debug": 7,
-}
-_UNIT_SUFFIXES = (
-    ".service",
-    ".socket",
-    ".target",
-    ".device",
-    ".mount",
-    ".automount",
-    ".swap",
-    ".timer",
-    ".path",
-    ".slice",
-    ".scope",
-)
 
 
 def parse_priority(text: str) -> int:
     """A priority name (emerg ... debug) or 0-7, like `journalctl -p`."""
-    t = text.strip().lower()
-    if t in _PRIORITIES:
-        return _PRIORITIES[t]
-    if t.isdigit() and 0 <= int(t) <= 7:
-        return int(t)
+    prio = priority_of(text)
+    if prio is not None:
+        return prio
     raise argparse.ArgumentTypeError(
         f"{text!r} is not a priority: use emerg, alert, crit, err, warning, notice, info, "
         "debug or 0-7"
@@ -81,7 +54,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def _unit(name: str) -> str:
-    return name if name.endswith(_UNIT_SUFFIXES) else f"{name}.service"
+    return mangle_unit(name)
 
 
 def record_matches(

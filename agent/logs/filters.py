@@ -11,22 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.journal_names import mangle_unit
+
 __all__ = ["Filters", "Matches", "build_matches", "mangle_unit"]
 
-# What systemd's unit_name_mangle() recognises as a unit type suffix.
-_UNIT_SUFFIXES = (
-    ".service",
-    ".socket",
-    ".target",
-    ".device",
-    ".mount",
-    ".automount",
-    ".swap",
-    ".timer",
-    ".path",
-    ".slice",
-    ".scope",
-)
 _COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 
 Matches = list[list[list[str]]]
@@ -37,11 +25,6 @@ class Filters:
     units: tuple[str, ...] = ()
     identifiers: tuple[str, ...] = ()
     max_priority: int = 6
-
-
-def mangle_unit(name: str) -> str:
-    """`foo` -> `foo.service`, like `journalctl -u foo`."""
-    return name if name.endswith(_UNIT_SUFFIXES) else f"{name}.service"
 
 
 def _unit_alternatives(unit: str) -> list[list[str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,6 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    "debian_arch",
     "load_signing_key",
     "load_trusted_keys",
     "private_pem",
@@ -26,21 +24,6 @@ __all__ = [
 ]
 
 _MAX_KEY_FILE = 16 * 1024
-_ARCH = {
-    "x86_64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "armhf",
-    "armv6l": "armel",
-    "i686": "i386",
-    "riscv64": "riscv64",
-}
-
-
-def debian_arch() -> str:
-    """Debian's name for this CPU (the same rule as DeviceInfo's `arch`)."""
-    m = platform.machine()
-    return _ARCH.get(m, m.lower())
 
 
 def load_trusted_keys(directory: Path) -> tuple[dict[str, Ed25519PublicKey], list[str]]:

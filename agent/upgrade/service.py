@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from agent.arch import debian_arch
 from agent.bus import Bus, KvEntry
 from agent.config import Config
 from agent.contracts import UpgradePhase, UpgradeStatus, UpgradeSummary, utcnow
@@ -26,7 +27,7 @@ from agent.upgrade.checks import CheckContext, DiskSpace, check_request, disk_ne
 from agent.upgrade.download import download_artifact
 from agent.upgrade.envelope import Verified, verify_envelope
 from agent.upgrade.handover import clear_staged, stage
-from agent.upgrade.keys import debian_arch, load_trusted_keys
+from agent.upgrade.keys import load_trusted_keys
 from agent.upgrade.layout import Layout, Staging
 from agent.upgrade.status import status_bytes
 from agent.upgrade.store import ReplayStore, load_json
@@ -108,9 +109,13 @@ class UpgradeService:
                 st = UpgradeStatus.model_validate_json(entry.value)
             except (ValidationError, ValueError):
                 continue
-            self._summary = UpgradeSummary(phase=st.phase, request_id=st.request_id,
-                                           target_version=st.target_version, reason=st.reason,
-                                           updated_at=st.updated_at)
+            self._summary = UpgradeSummary(
+                phase=st.phase,
+                request_id=st.request_id,
+                target_version=st.target_version,
+                reason=st.reason,
+                updated_at=st.updated_at,
+            )
             if st.phase == "rolled_back" and st.request_id:
                 store = self._replay()
                 rec = store.seen.get(st.request_id)
@@ -148,17 +153,26 @@ class UpgradeService:
             if resuming or req.request_id in store.seen:
                 store.mark_revision(entry.revision)  # keep what the id first meant
             else:
-                store.remember(req.request_id, entry.revision, req.artifact.sha256,
-                               req.target_version)
+                store.remember(
+                    req.request_id, entry.revision, req.artifact.sha256, req.target_version
+                )
             store.finish()
-            log.warning("upgrade %s rejected: %s", req.request_id, reasons[0],
-                        extra={"event": "upgrade-rejected"})
+            log.warning(
+                "upgrade %s rejected: %s",
+                req.request_id,
+                reasons[0],
+                extra={"event": "upgrade-rejected"},
+            )
             await self._report(req.request_id, req.target_version, "rejected", reason=reasons[0])
             return "rejected"
         store.remember(req.request_id, entry.revision, req.artifact.sha256, req.target_version)
         store.start(req.request_id)
-        log.info("upgrade %s to %s received", req.request_id, req.target_version,
-                 extra={"event": "upgrade-received"})
+        log.info(
+            "upgrade %s to %s received",
+            req.request_id,
+            req.target_version,
+            extra={"event": "upgrade-received"},
+        )
         phase = await self._fetch_and_stage(v, entry.value)
         store.finish()
         return phase
@@ -205,10 +219,13 @@ class UpgradeService:
             for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
                 try:
                     await download_artifact(
-                        self.bus, req.artifact.bucket, req.artifact.name, part,
-                        size=req.artifact.size, sha256=req.artifact.sha256,
-                        progress=lambda pct: self._report(rid, target, "downloading",
-                                                          progress=pct),
+                        self.bus,
+                        req.artifact.bucket,
+                        req.artifact.name,
+                        part,
+                        size=req.artifact.size,
+                        sha256=req.artifact.sha256,
+                        progress=lambda pct: self._report(rid, target, "downloading", progress=pct),
                     )
                     break
                 except BusError as e:
@@ -229,11 +246,13 @@ class UpgradeService:
             with contextlib.suppress(OSError):
                 part.unlink()
             log.error("upgrade %s failed: %s", rid, e, extra={"event": "upgrade-failed"})
-            await self._report(rid, target, "failed",
-                               reason=f"download failed: {e or type(e).__name__}")
+            await self._report(
+                rid, target, "failed", reason=f"download failed: {e or type(e).__name__}"
+            )
             return "failed"
-        log.info("upgrade %s staged for the root-side switch", rid,
-                 extra={"event": "upgrade-staged"})
+        log.info(
+            "upgrade %s staged for the root-side switch", rid, extra={"event": "upgrade-staged"}
+        )
         await self._report(rid, target, "staged")
         return "staged"
 
@@ -247,13 +266,22 @@ class UpgradeService:
         progress: int | None = None,
     ) -> None:
         now = self.clock()
-        self._summary = UpgradeSummary(phase=phase, request_id=request_id, target_version=target,
-                                       reason=reason, updated_at=now)
-        status = UpgradeStatus(device_id=self.device_id, request_id=request_id,
-                               from_version=__version__, target_version=target, phase=phase,
-                               progress=progress, reason=reason, updated_at=now)
+        self._summary = UpgradeSummary(
+            phase=phase, request_id=request_id, target_version=target, reason=reason, updated_at=now
+        )
+        status = UpgradeStatus(
+            device_id=self.device_id,
+            request_id=request_id,
+            from_version=__version__,
+            target_version=target,
+            phase=phase,
+            progress=progress,
+            reason=reason,
+            updated_at=now,
+        )
         try:
-            await self.bus.kv_put(self.cfg.nats.upgrade_status_bucket, self.device_id,
-                                  status_bytes(status))
+            await self.bus.kv_put(
+                self.cfg.nats.upgrade_status_bucket, self.device_id, status_bytes(status)
+            )
         except BusError as e:
             log.warning("cannot publish upgrade status %s: %s", phase, e)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from agent.arch import debian_arch
 from agent.config import Config
 from agent.contracts import UpgradeStatus, utcnow
 from agent.errors import UpgradeError, UpgradeRejectedError
@@ -35,7 +36,7 @@ from agent.upgrade.journal import (
     save_history,
     save_journal,
 )
-from agent.upgrade.keys import debian_arch, load_trusted_keys
+from agent.upgrade.keys import load_trusted_keys
 from agent.upgrade.layout import Layout, Staging
 from agent.upgrade.release import (
     current_version,
@@ -105,8 +106,12 @@ class Switch:
     async def _save(self, rec: JournalRecord, state: State, **changes: Any) -> JournalRecord:
         rec = rec.model_copy(update={**changes, "state": state.value, "published": False})
         rec = save_journal(self.layout.journal, rec, self.clock())
-        log.info("upgrade %s: %s%s", rec.request_id, state.value,
-                 f" ({rec.reason})" if rec.reason and state in TERMINAL else "")
+        log.info(
+            "upgrade %s: %s%s",
+            rec.request_id,
+            state.value,
+            f" ({rec.reason})" if rec.reason and state in TERMINAL else "",
+        )
         if self.after_save is not None:
             self.after_save(state)
         if (pause := self.layout.pause_at.get(state.value)) is not None:
@@ -153,8 +158,9 @@ class Switch:
         try:
             envelope = read_staged_envelope(self.staging)
         except UpgradeRejectedError as e:
-            rec = JournalRecord(state=State.VERIFYING.value, device_id=self.device_id,
-                                from_version=self._running())
+            rec = JournalRecord(
+                state=State.VERIFYING.value, device_id=self.device_id, from_version=self._running()
+            )
             rec = await self._to(rec, Event.REFUSED, reason=str(e))
             return State.REJECTED
         if envelope is not None:
@@ -169,8 +175,12 @@ class Switch:
 
     async def _upgrade(self, envelope: bytes) -> JournalRecord:
         running = self._running()
-        rec = JournalRecord(state=State.VERIFYING.value, device_id=self.device_id,
-                            envelope=envelope.decode(errors="replace"), from_version=running)
+        rec = JournalRecord(
+            state=State.VERIFYING.value,
+            device_id=self.device_id,
+            envelope=envelope.decode(errors="replace"),
+            from_version=running,
+        )
         keys, problems = load_trusted_keys(self.cfg.upgrade.trusted_keys_dir)
         for p in problems:
             log.warning("trusted key skipped: %s", p)
@@ -180,13 +190,22 @@ class Switch:
             return await self._to(rec, Event.REFUSED, reason=str(e))
         req = v.request
         window = req.confirm_window_s if req.confirm_window_s else self.cfg.upgrade.confirm_window
-        rec = await self._save(rec, State.VERIFYING, request_id=req.request_id,
-                               to_version=req.target_version, sha256=req.artifact.sha256,
-                               confirm_window_s=window)
+        rec = await self._save(
+            rec,
+            State.VERIFYING,
+            request_id=req.request_id,
+            to_version=req.target_version,
+            sha256=req.artifact.sha256,
+            confirm_window_s=window,
+        )
         history = load_history(self.layout.history)
         ctx = CheckContext(
-            device_id=self.device_id, arch=self.arch, running_version=running, now=self.clock(),
-            seen_request_ids=set(history.handled), rolled_back_digests=set(history.rolled_back),
+            device_id=self.device_id,
+            arch=self.arch,
+            running_version=running,
+            now=self.clock(),
+            seen_request_ids=set(history.handled),
+            rolled_back_digests=set(history.rolled_back),
             retry_rolled_back=v.raw.get("retry_rolled_back") is True,
         )
         artifact = self.layout.work / "artifact.deb"
@@ -204,9 +223,12 @@ class Switch:
         rec = await self._to(rec, Event.VERIFIED)
         try:
             await asyncio.to_thread(
-                extract_release, artifact, self.layout.releases, req.target_version,
+                extract_release,
+                artifact,
+                self.layout.releases,
+                req.target_version,
                 marker_text=f'{{"schema_version": 1, "version": "{req.target_version}", '
-                            f'"sha256": "{req.artifact.sha256}"}}\n',
+                f'"sha256": "{req.artifact.sha256}"}}\n',
                 dpkg_deb=self.layout.dpkg_deb,
             )
         except (UpgradeError, OSError) as e:
@@ -241,12 +263,18 @@ class Switch:
             rec = await self._to(rec, Event.ERROR, reason=f"cannot restart the agent: {e}")
             return await self._roll_back(rec)
         window = rec.confirm_window_s or self.cfg.upgrade.confirm_window
-        judge = Judge(target, restarted_at, window,
-                      baseline_restarts=before.n_restarts, old_pid=before.main_pid)
+        judge = Judge(
+            target,
+            restarted_at,
+            window,
+            baseline_restarts=before.n_restarts,
+            old_pid=before.main_pid,
+        )
         while True:
             try:
-                obs = Observation(self.unit.state(), read_health(self.cfg.agent.health_file),
-                                  self.clock())
+                obs = Observation(
+                    self.unit.state(), read_health(self.cfg.agent.health_file), self.clock()
+                )
             except Exception as e:
                 log.warning("cannot observe the agent: %s", e)
                 await asyncio.sleep(self.poll_s)
@@ -258,8 +286,9 @@ class Switch:
         if verdict.healthy:
             rec = await self._to(rec, Event.HEALTHY, reason=verdict.reason)
             return await self._commit(rec)
-        rec = await self._to(rec, Event.UNHEALTHY, reason=verdict.reason,
-                             log_tail=self._log_tail(rec.restarted_at))
+        rec = await self._to(
+            rec, Event.UNHEALTHY, reason=verdict.reason, log_tail=self._log_tail(rec.restarted_at)
+        )
         return await self._roll_back(rec)
 
     def _log_tail(self, since: datetime | None) -> list[str]:
@@ -272,8 +301,13 @@ class Switch:
         assert rec.to_version
         protect = packaged_versions(self.layout.dpkg_list, self.layout.releases)
         try:
-            removed = prune_releases(self.layout.releases, self.cfg.upgrade.keep_releases,
-                                     rec.to_version, rec.from_version, protect)
+            removed = prune_releases(
+                self.layout.releases,
+                self.cfg.upgrade.keep_releases,
+                rec.to_version,
+                rec.from_version,
+                protect,
+            )
             if removed:
                 log.info("pruned releases %s", ", ".join(removed))
         except OSError as e:
@@ -316,8 +350,9 @@ class Switch:
             save_history(self.layout.history, history)
         # A copy for the agent's own checks (it cannot read the journal dir).
         try:
-            atomic_write(self.staging.base / Staging.ROLLED_BACK,
-                         dump_json_list(history.rolled_back), 0o644)
+            atomic_write(
+                self.staging.base / Staging.ROLLED_BACK, dump_json_list(history.rolled_back), 0o644
+            )
         except OSError as e:
             log.warning("cannot tell the agent about the rollback: %s", e)
 
@@ -326,8 +361,9 @@ class Switch:
     async def _resume(self, rec: JournalRecord) -> JournalRecord:
         action = recovery_for(rec.state, resumes=rec.resumes, store_count=rec.store_count)
         if action is Recovery.NOTHING:
-            if not rec.published and await self.sink.publish(self._status(rec),
-                                                             _FINAL_PUBLISH_TIMEOUT_S):
+            if not rec.published and await self.sink.publish(
+                self._status(rec), _FINAL_PUBLISH_TIMEOUT_S
+            ):
                 rec = rec.model_copy(update={"published": True})
                 save_journal(self.layout.journal, rec, self.clock())
             return rec
@@ -335,14 +371,22 @@ class Switch:
         rec = rec.model_copy(update={"resumes": rec.resumes + 1})
         if action is Recovery.ABANDON:
             remove_partials(self.layout.releases, also=[rec.to_version] if rec.to_version else [])
-            return await self._save(rec, State.FAILED, reason=(
-                "the switch was interrupted before anything changed (power loss or killed); "
-                "the old version kept running"))
+            return await self._save(
+                rec,
+                State.FAILED,
+                reason=(
+                    "the switch was interrupted before anything changed (power loss or killed); "
+                    "the old version kept running"
+                ),
+            )
         if action is Recovery.FINISH_COMMIT:
             return await self._commit(rec)
         if action is Recovery.ROLL_BACK:
-            reason = rec.reason if rec.state == State.ROLLING_BACK.value else (
-                f"the upgrade was interrupted in {rec.state} too often; rolled back")
+            reason = (
+                rec.reason
+                if rec.state == State.ROLLING_BACK.value
+                else (f"the upgrade was interrupted in {rec.state} too often; rolled back")
+            )
             rec = await self._save(rec, State.ROLLING_BACK, reason=reason)
             return await self._roll_back(rec)
         # RESUME: switching -> flip (again) and watch; watching -> restart and watch again.
@@ -350,8 +394,9 @@ class Switch:
             rec = await self._save(rec, State.SWITCHING)
             return await self._switch_and_watch(rec)
         if rec.to_version is None or not is_complete(self.layout.releases / rec.to_version):
-            rec = await self._save(rec, State.ROLLING_BACK,
-                                   reason="the new release is gone; rolled back")
+            rec = await self._save(
+                rec, State.ROLLING_BACK, reason="the new release is gone; rolled back"
+            )
             return await self._roll_back(rec)
         if current_version(self.layout.root) != rec.to_version:
             flip_current(self.layout.root, rec.to_version)

@@ -24,7 +24,7 @@ demo: deps venv
 	bash scripts/demo.sh
 
 demo-stop:
-	-for p in $(DEMO_DIR)/agent.pid $(DEMO_DIR)/nats-server.pid; do \
+	-for p in $(DEMO_DIR)/agent.pid $(DEMO_DIR)/nats-server.pid $(DEMO_DIR)/journald.pid; do \
 	  [ -f $$p ] && kill $$(cat $$p) 2>/dev/null; rm -f $$p; done
 
 lint: venv

@@ -18,6 +18,14 @@ else
   echo "== a server already listens on 127.0.0.1:4222; using it"
 fi
 
+# Log streaming reads the journal: on a machine without systemd as PID 1, run journald alone.
+if ! systemd-cat true 2>/dev/null && [[ -x /lib/systemd/systemd-journald ]]; then
+  echo "== starting systemd-journald (no systemd here) so the agent has a journal to ship"
+  nohup /lib/systemd/systemd-journald >/dev/null 2>&1 &
+  echo $! >"$DEMO_DIR/journald.pid"
+  for _ in $(seq 50); do systemd-cat true 2>/dev/null && break; sleep 0.1; done
+fi
+
 echo "== harmony-fleet init"
 "$BIN/harmony-fleet" init
 
@@ -44,6 +52,7 @@ The agent and nats-server keep running in the background. Try:
   $BIN/harmony-fleet devices --json
   $BIN/harmony-fleet watch
   $BIN/harmony-agent -c agent.example.toml info
+  echo hello | systemd-cat -t demo; $BIN/harmony-fleet logs \$(cat /etc/machine-id) -f
   kill -9 \$(cat $DEMO_DIR/agent.pid)   # then harmony-fleet devices: Stale, later Offline
 Stop everything with: make demo-stop
 MSG

@@ -200,6 +200,25 @@ def _extract_stream(
     return total
 
 
+def _compile_bytecode(tmp: Path, final: Path) -> None:
+    """Bytecode for the new release (each start ~0.3 s faster), named for its final path.
+
+    A cache: the launcher runs `python3 -B`, which reads it and never writes; a
+    file that does not compile is left to compile in memory at import.
+    """
+    import compileall
+    import py_compile
+
+    with contextlib.suppress(Exception):
+        compileall.compile_dir(
+            tmp,
+            ddir=str(final),
+            quiet=2,
+            workers=1,
+            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+        )
+
+
 def extract_release(
     deb: Path,
     releases: Path,
@@ -259,6 +278,7 @@ def extract_release(
             f"the artifact has no files under /opt/harmony-agent/releases/{version}/ "
             "(is it a harmony-agent .deb of that version?)"
         )
+    _compile_bytecode(tmp, final)
     os.sync()  # every extracted file on disk before the marker says "complete"
     fd = os.open(tmp / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as f:

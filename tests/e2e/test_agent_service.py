@@ -71,6 +71,10 @@ def test_fresh_install_runs_and_reports(device: Container, debs: Debs, nats: Nat
     assert device.run(["readlink", "/opt/harmony-agent/current"]).stdout.strip() == (
         f"releases/{debs.old_version}"
     )
+    # postinst compiled the release's bytecode (the launcher reads it, never writes it).
+    pycs = device.run(["find", f"/opt/harmony-agent/releases/{debs.old_version}/agent",
+                       "-name", "*.pyc"]).stdout.split()
+    assert len(pycs) > 10, pycs
     # `harmony-agent status` reads the health file the daemon keeps in /run.
     out = device.run([AGENT, "status"], check=True).stdout
     assert "connected" in out, out

@@ -67,6 +67,20 @@ def test_extracts_only_the_release_and_writes_the_marker_last(tmp_path: Path) ->
     assert not (tmp_path / "releases" / "usr").exists()
 
 
+def test_the_release_gets_bytecode_named_for_its_final_path(tmp_path: Path) -> None:
+    """Bytecode is compiled before the marker, as if the files had always been at `<v>/`."""
+    import importlib.util
+    import marshal
+
+    deb, _, _ = build_deb(tmp_path, "0.2.0", files={"agent/x.py": "def f():\n    return 1\n"})
+    rel = extract_release(deb, tmp_path / "releases", "0.2.0", marker_text="{}\n")
+    tag = importlib.util.cache_from_source(str(rel / "agent" / "x.py"))
+    data = Path(tag).read_bytes()
+    assert int.from_bytes(data[4:8], "little") & 0b11 == 0b11  # hash-based, checked
+    code = marshal.loads(data[16:])
+    assert code.co_filename == str(rel / "agent" / "x.py")
+
+
 @pytest.mark.parametrize(
     ("add", "reason"),
     [

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from agent.announce import Announcer
 from agent.bus import Bus, BusState
@@ -44,10 +44,6 @@ STOP_BUDGET_S = 4.0
 # keep a stopping agent alive: past this, the process ends anyway, exit code 0.
 STOP_HARD_S = 4.8
 RECANCEL_S = 0.5
-
-
-class _Optional(Protocol):
-    async def run(self, ready: Callable[[], None]) -> None: ...
 
 
 class _Stop(Exception):
@@ -103,7 +99,6 @@ class _Daemon:
         self.cfg = cfg
         self.notifier = Notifier()
         self.state = RuntimeState(device_id, machine_id, utcnow())
-        self.bus_state: BusState | None = None
         self.bus = Bus(cfg.nats, name=f"harmony-agent {device_id}", on_change=self._bus_changed)
         self.announcer = Announcer(cfg, self.bus, self.state)
         self.logs: Any = None
@@ -124,8 +119,7 @@ class _Daemon:
         self._last_health: dict[str, Any] = {}
         self._health_written = 0.0
 
-    def _bus_changed(self, st: BusState) -> None:
-        self.bus_state = st
+    def _bus_changed(self, _: BusState) -> None:
         self.state.changed.set()
 
     def summaries(self) -> tuple[LogsSummary | None, UpgradeSummary | None]:

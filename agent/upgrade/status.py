@@ -1,4 +1,4 @@
-"""UpgradeStatus on the wire: compact JSON, with the nullable-but-required fields kept."""
+"""UpgradeStatus on the wire: compact JSON, the contract's nullable fields kept as null."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from agent.contracts import UpgradeStatus
 
 __all__ = ["status_bytes"]
 
-# Required by the model yet nullable: dropping them (as dump_json drops every None)
-# would make the payload unreadable by the model itself.
+# The contract names these fields for every status; dump_json would drop them when
+# None, so they are kept, as null, for readers that look them up directly.
 _KEEP_NULL = ("request_id", "from_version", "target_version")
 
 

@@ -136,9 +136,12 @@ class AgentProcess:
         self.notify_path.unlink(missing_ok=True)
 
 
-def run_bus(url: str, fn: Callable[[Bus], Any]) -> Any:
+def run_bus(target: str | NatsSection, fn: Callable[[Bus], Any]) -> Any:
+    """Connect to `target` (a URL, or full NATS options), await `fn(bus)`, close."""
+    n = NatsSection(servers=[target]) if isinstance(target, str) else target
+
     async def go() -> Any:
-        bus = Bus(NatsSection(servers=[url]))
+        bus = Bus(n, name="harmony-tests")
         await bus.connect_once()
         try:
             return await fn(bus)

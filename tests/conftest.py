@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -10,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.bus import Bus
 from agent.config import NatsSection
 from agent.fleet.layout import ensure_layout
-from tests.logs.journald import Journald, journald_running
+from agent.logs.visibility import journald_running
+from tests.agentproc import run_bus
+from tests.logs.journald import Journald
 from tests.natsserver import NatsServer
 
 
@@ -29,16 +29,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 def init_layout(url: str) -> None:
     """What `harmony-fleet init` does, against `url`."""
-
-    async def go() -> None:
-        bus = Bus(NatsSection(servers=[url]))
-        await bus.connect_once()
-        try:
-            await ensure_layout(bus, NatsSection(servers=[url]))
-        finally:
-            await bus.close()
-
-    asyncio.run(go())
+    run_bus(url, lambda bus: ensure_layout(bus, NatsSection(servers=[url])))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["NatsServer", "free_port", "nats_server_binary", "wait_for"]
+__all__ = ["NatsServer", "free_port", "nats_server_binary", "stop_process", "wait_for"]
 
 
 def free_port() -> int:
@@ -37,6 +37,17 @@ def wait_for(cond: object, timeout: float, what: str, interval: float = 0.05) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Send `sig` and reap; SIGKILL after 10 s if it is still there."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class NatsServer:
@@ -83,13 +94,7 @@ class NatsServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig)
         self.proc = None
 
     def kill(self) -> None:

@@ -9,7 +9,6 @@ list whose first server is down.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -32,7 +31,7 @@ from agent.bus import Bus
 from agent.config import NatsSection
 from agent.fleet.layout import ensure_layout
 from agent.health import read_health
-from tests.agentproc import AgentProcess, write_config
+from tests.agentproc import AgentProcess, run_bus, write_config
 from tests.natsserver import NatsServer, free_port, wait_for
 
 DEV = "dev-auth"
@@ -63,21 +62,9 @@ def _nats(servers: list[str], nats_keys: dict[str, str]) -> NatsSection:
     return NatsSection.model_validate({"servers": servers, **nats_keys})
 
 
-def _with_bus(n: NatsSection, fn: Any) -> Any:
-    async def go() -> Any:
-        bus = Bus(n, name="test-auth")
-        await bus.connect_once()
-        try:
-            return await fn(bus)
-        finally:
-            await bus.close()
-
-    return asyncio.run(go())
-
-
 def _init(n: NatsSection) -> None:
     """`harmony-fleet init` with the same credentials."""
-    done: list[str] = _with_bus(n, lambda bus: ensure_layout(bus, n))
+    done: list[str] = run_bus(n, lambda bus: ensure_layout(bus, n))
     assert any("created" in line for line in done), done
 
 
@@ -86,7 +73,7 @@ def _heartbeat(n: NatsSection) -> dict[str, Any] | None:
         e = await bus.kv_get(n.heartbeat_bucket, DEV)
         return None if e is None else dict(json.loads(e.value))
 
-    result: dict[str, Any] | None = _with_bus(n, get)
+    result: dict[str, Any] | None = run_bus(n, get)
     return result
 
 

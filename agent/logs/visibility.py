@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["JournalPaths", "blind_reason"]
+__all__ = ["JournalPaths", "blind_reason", "journald_running"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ def _journal_files(dirs: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def _journald_running(path: Path) -> bool:
+def journald_running(path: Path = JournalPaths.socket) -> bool:
+    """Whether a journald listens on its native socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         try:
             s.connect(str(path))
@@ -68,7 +69,7 @@ def _in_journal_group() -> bool:
 def blind_reason(paths: JournalPaths | None = None) -> str | None:
     """Why the journal would read as empty, with what to do; None when it is visible."""
     p = paths or JournalPaths()
-    if not _journald_running(p.socket):
+    if not journald_running(p.socket):
         return (
             f"systemd-journald is not running (no listener on {p.socket}); start systemd-journald"
         )

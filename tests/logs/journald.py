@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,7 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.natsserver import wait_for
+from agent.logs.visibility import journald_running
+from tests.natsserver import stop_process, wait_for
 
 __all__ = [
     "JOURNALD",
@@ -39,21 +37,10 @@ __all__ = [
 ]
 
 JOURNALD = "/lib/systemd/systemd-journald"
-SOCKET = Path("/run/systemd/journal/socket")
 
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def journald_running(path: Path = SOCKET) -> bool:
-    """Whether a journald listens on its native socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 class Journald:
@@ -91,13 +78,8 @@ class Journald:
         subprocess.run(["journalctl", f"--vacuum-files={keep}"], check=True, capture_output=True)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 

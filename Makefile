@@ -28,19 +28,19 @@ demo-stop:
 	  [ -f $$p ] && kill $$(cat $$p) 2>/dev/null; rm -f $$p; done
 
 lint: venv
-	$(BIN)/ruff check agent tests bench
-	$(BIN)/ruff format --check agent tests bench || true
+	$(BIN)/ruff check agent harmony_core harmony_fleet tests bench
+	$(BIN)/ruff format --check agent harmony_core harmony_fleet tests bench || true
 
 typecheck: venv
 	$(BIN)/mypy
 
 test: deps venv
-	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff check agent harmony_core harmony_fleet tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 schemas: venv
-	$(BIN)/python -m agent.contracts contracts
+	$(BIN)/python -m harmony_core.contracts contracts
 
 example: venv
 	$(BIN)/python -m agent.config_doc > agent.example.toml

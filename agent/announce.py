@@ -15,17 +15,17 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from agent.bus import Bus
 from agent.config import Config
-from agent.contracts import DeviceInfo, dump_json
 from agent.deviceinfo import collect_device_info, same_device_info
-from agent.errors import (
+from agent.runtime import RuntimeState
+from harmony_core.bus import Bus
+from harmony_core.contracts import DeviceInfo, dump_json
+from harmony_core.errors import (
     BucketMissingError,
     BusError,
     DeviceConflictError,
     RevisionMismatchError,
 )
-from agent.runtime import RuntimeState
 
 __all__ = ["Announcer", "claim_and_write"]
 

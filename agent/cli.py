@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from agent.config import Config, check_files, config_path_from_env, load_config
-from agent.errors import ConfigError
 from agent.version import __version__
+from harmony_core.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -73,8 +73,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from agent.contracts import utcnow
     from agent.deviceinfo import collect_device_info
+    from harmony_core.contracts import utcnow
 
     try:
         _, cfg, device_id, machine_id = _load(args)
@@ -87,9 +87,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.contracts import utcnow
     from agent.health import read_health
     from agent.statusline import status_text
+    from harmony_core.contracts import utcnow
 
     path = config_path_from_env(args.config)
     health_file = Path("/run/harmony-agent/health.json")

@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
-from agent.durations import parse_duration
-from agent.errors import ConfigError
-from agent.journal_names import priority_of
+from harmony_core.errors import ConfigError
+from harmony_core.journal_names import priority_of
+from harmony_core.labels import DNS1123_LABEL, RESERVED_LABEL_PREFIX, label_problems
+from harmony_core.settings import Duration, NatsSection, Section
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -46,24 +43,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/harmony-agent/agent.toml")
-RESERVED_LABEL_PREFIX = "harmony.nationtech.io/"
-
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _duration(value: Any, info: ValidationInfo) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and not _from_toml(info):
-        return float(value)  # from code (tests, the fleet CLI): seconds
-    if not isinstance(value, str):
-        raise ValueError('durations are strings: write it like "15s", "5m" or "1h"')
-    return parse_duration(value)
-
-
 def _priority(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("a priority is a name (emerg ... debug) or a number 0-7")
@@ -76,45 +55,12 @@ def _priority(value: Any) -> int:
     )
 
 
-def _from_toml(info: ValidationInfo) -> bool:
-    return bool(info.context and info.context.get("toml"))
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
 Priority = Annotated[int, BeforeValidator(_priority)]
 
 
-def label_problems(key: str, value: str, *, allow_reserved: bool = False) -> list[str]:
-    """Why `key = value` is not a Kubernetes label (empty when it is one)."""
-    problems: list[str] = []
-    prefix, sep, name = key.rpartition("/")
-    if sep and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
-        problems.append(
-            "the prefix before '/' must be a DNS subdomain (lowercase a-z, 0-9, '-', '.')"
-        )
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-        problems.append(
-            "a label name is 1-63 characters of A-Z a-z 0-9 - _ . "
-            "and starts and ends with a letter or digit"
-        )
-    if sep and not allow_reserved and (prefix + "/") == RESERVED_LABEL_PREFIX:
-        problems.append(
-            f"the prefix {RESERVED_LABEL_PREFIX!r} is reserved for automatic labels; "
-            "use another prefix or none"
-        )
-    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
-        problems.append(
-            "a label value is empty or 1-63 characters of A-Z a-z 0-9 - _ . "
-            "starting and ending with a letter or digit"
-        )
-    return problems
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AgentSection(_Section):
+class AgentSection(Section):
     device_id: str | None = Field(
         default=None,
         description=(
@@ -149,98 +95,7 @@ class AgentSection(_Section):
         return v
 
 
-class NatsSection(_Section):
-    servers: list[str] = Field(
-        default=["nats://127.0.0.1:4222"],
-        min_length=1,
-        description="NATS server URLs (nats:// or tls://); the agent tries them all.",
-    )
-    creds_file: Path | None = Field(
-        default=None, description="A NATS .creds file (user JWT + nkey seed)."
-    )
-    nkey_seed_file: Path | None = Field(default=None, description="A file holding an nkey seed.")
-    user: str | None = Field(default=None, description="User name; needs password_file.")
-    password_file: Path | None = Field(
-        default=None, description="A file holding the password for `user`."
-    )
-    token_file: Path | None = Field(default=None, description="A file holding a token.")
-    tls_ca_file: Path | None = Field(
-        default=None, description="PEM CA bundle to verify the servers with."
-    )
-    tls_cert_file: Path | None = Field(
-        default=None, description="PEM client certificate (with tls_key_file)."
-    )
-    tls_key_file: Path | None = Field(default=None, description="PEM client key.")
-    connect_timeout: Duration = Field(default=5.0, description="Timeout of one connect attempt.")
-    reconnect_max_wait: Duration = Field(
-        default=30.0,
-        description="Cap of the jittered exponential backoff between reconnect attempts.",
-    )
-    device_info_bucket: str = Field(default="device-info", description="KV bucket of DeviceInfo.")
-    heartbeat_bucket: str = Field(
-        default="device-heartbeat", description="KV bucket of heartbeats."
-    )
-    logs_stream: str = Field(default="DEVICE_LOGS", description="Stream the journal lines go to.")
-    logs_subject_prefix: str = Field(
-        default="logs", description="Lines go to subject `<prefix>.<device_id>`."
-    )
-    upgrade_bucket: str = Field(
-        default="agent-upgrade", description="KV bucket of signed upgrade requests."
-    )
-    upgrade_status_bucket: str = Field(
-        default="agent-upgrade-status", description="KV bucket of upgrade status."
-    )
-    artifacts_bucket: str = Field(
-        default="agent-artifacts", description="Object store of release artifacts."
-    )
-
-    @field_validator("servers")
-    @classmethod
-    def _servers(cls, v: list[str]) -> list[str]:
-        for url in v:
-            if not re.match(r"^(nats|tls|ws|wss)://[^/\s]+$", url):
-                raise ValueError(
-                    f'{url!r} is not a NATS server URL; write it like "nats://host:4222"'
-                )
-        return v
-
-    @field_validator(
-        "device_info_bucket",
-        "heartbeat_bucket",
-        "logs_stream",
-        "upgrade_bucket",
-        "upgrade_status_bucket",
-        "artifacts_bucket",
-        "logs_subject_prefix",
-    )
-    @classmethod
-    def _names(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("a bucket, stream or subject name is A-Z a-z 0-9 '-' '_' only")
-        return v
-
-    @model_validator(mode="after")
-    def _auth(self) -> NatsSection:
-        kinds = [
-            k
-            for k, on in (
-                ("creds_file", self.creds_file),
-                ("nkey_seed_file", self.nkey_seed_file),
-                ("user", self.user or self.password_file),
-                ("token_file", self.token_file),
-            )
-            if on
-        ]
-        if len(kinds) > 1:
-            raise ValueError(f"set only one way to authenticate, not {' and '.join(kinds)}")
-        if bool(self.user) != bool(self.password_file):
-            raise ValueError("user and password_file go together; set both or neither")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("tls_cert_file and tls_key_file go together; set both or neither")
-        return self
-
-
-class HeartbeatSection(_Section):
+class HeartbeatSection(Section):
     interval: Duration = Field(
         default=15.0,
         description="How often a heartbeat is written (jittered by ±10 %).",
@@ -254,7 +109,7 @@ class HeartbeatSection(_Section):
         return v
 
 
-class LogsSection(_Section):
+class LogsSection(Section):
     enabled: bool = Field(default=True, description="Ship journal lines to NATS.")
     units: list[str] = Field(
         default=[], description="Only these systemd units (like `journalctl -u`); [] = all."
@@ -311,7 +166,7 @@ class LogsSection(_Section):
     )
 
 
-class UpgradeSection(_Section):
+class UpgradeSection(Section):
     enabled: bool = Field(default=True, description="Act on operator upgrade requests.")
     trusted_keys_dir: Path = Field(
         default=Path("/etc/harmony-agent/keys"),
@@ -326,7 +181,7 @@ class UpgradeSection(_Section):
     )
 
 
-class Config(_Section):
+class Config(Section):
     agent: AgentSection = AgentSection()
     labels: dict[str, str] = Field(
         default={},

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from agent.config import Config
-from agent.durations import format_duration
+from harmony_core.durations import format_duration
 
 __all__ = ["render_example"]
 

@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.announce import Announcer
-from agent.bus import Bus, BusState
 from agent.config import Config, check_files, load_config
-from agent.contracts import Health, LogsSummary, NatsHealth, UpgradeSummary, utcnow
-from agent.errors import ConfigError
 from agent.health import write_health
 from agent.heartbeat import HeartbeatService
 from agent.logsetup import setup_logging
@@ -32,6 +29,9 @@ from agent.runtime import RuntimeState
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.statusline import status_line
 from agent.version import __version__
+from harmony_core.bus import Bus, BusState
+from harmony_core.contracts import Health, LogsSummary, NatsHealth, UpgradeSummary, utcnow
+from harmony_core.errors import ConfigError
 
 __all__ = ["serve"]
 

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.arch import debian_arch
-from agent.config import RESERVED_LABEL_PREFIX, Config
-from agent.contracts import CpuInfo, DeviceInfo, DiskInfo, NetworkInterface, OsInfo, utcnow
+from agent.config import Config
 from agent.version import __version__
+from harmony_core.contracts import CpuInfo, DeviceInfo, DiskInfo, NetworkInterface, OsInfo, utcnow
+from harmony_core.labels import RESERVED_LABEL_PREFIX
 
 __all__ = ["collect_device_info", "debian_arch", "read_boot_id", "same_device_info"]
 

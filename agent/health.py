@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.contracts import Health, dump_json
+from harmony_core.contracts import Health, dump_json
 
 __all__ = ["atomic_write", "read_health", "write_health"]
 

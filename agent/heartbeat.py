@@ -16,13 +16,13 @@ import shutil
 import time
 from collections.abc import Callable
 
-from agent.bus import Bus
 from agent.config import Config
-from agent.contracts import Heartbeat, Load, LogsSummary, UpgradeSummary, dump_json, utcnow
 from agent.deviceinfo import read_boot_id
-from agent.errors import BucketMissingError, BusError
 from agent.runtime import RuntimeState
 from agent.version import __version__
+from harmony_core.bus import Bus
+from harmony_core.contracts import Heartbeat, Load, LogsSummary, UpgradeSummary, dump_json, utcnow
+from harmony_core.errors import BucketMissingError, BusError
 
 __all__ = ["HeartbeatService", "Summaries", "jittered"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config import DNS1123_LABEL, Config
-from agent.errors import ConfigError
+from agent.config import Config
+from harmony_core.errors import ConfigError
+from harmony_core.labels import DNS1123_LABEL
 
 __all__ = ["MACHINE_ID_PATH", "device_id_of", "read_machine_id"]
 

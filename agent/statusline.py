@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from agent.contracts import Health
+from harmony_core.contracts import Health
+from harmony_core.durations import ago
 
-__all__ = ["ago", "status_line", "status_text"]
-
-
-def ago(t: datetime | None, now: datetime) -> str:
-    if t is None:
-        return "never"
-    s = max(0.0, (now - t).total_seconds())
-    if s < 90:
-        return f"{s:.0f}s ago"
-    if s < 5400:
-        return f"{s / 60:.0f}m ago"
-    return f"{s / 3600:.1f}h ago"
+__all__ = ["status_line", "status_text"]
 
 
 def _nats(h: Health) -> str:

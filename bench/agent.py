@@ -41,13 +41,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.bus import Bus
 from agent.config import Config, NatsSection
-from agent.contracts import utcnow
-from agent.fleet.layout import ensure_layout
 from agent.health import read_health
 from agent.heartbeat import HeartbeatService
 from agent.runtime import RuntimeState
+from harmony_core.bus import Bus
+from harmony_core.contracts import utcnow
+from harmony_fleet.provision import ensure_layout
 from tests.natsserver import NatsServer, wait_for
 
 __all__ = ["main"]
@@ -299,7 +299,7 @@ class Rates:
 
 
 async def _rates(url: str, seconds: float) -> Rates:
-    from agent.contracts import dump_json
+    from harmony_core.contracts import dump_json
 
     cfg = Config.model_validate({"nats": {"servers": [url]}, "agent": {"device_id": "bench-hb"}})
     bus = Bus(cfg.nats)

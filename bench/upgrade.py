@@ -35,8 +35,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fleet.cli import main as fleet
-from agent.upgrade.keys import private_pem, public_pem
+from harmony_fleet.cli import main as fleet
+from harmony_fleet.keys import private_pem, public_pem
 from tests.agentproc import kv_get_json
 from tests.conftest import init_layout
 from tests.e2e.conftest import agent_toml

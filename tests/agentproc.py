@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.bus import Bus
 from agent.config import NatsSection
+from harmony_core.bus import Bus
 from tests.natsserver import wait_for
 
 __all__ = ["AgentProcess", "kv_get_json", "run_bus", "write_config"]

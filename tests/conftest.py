@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import NatsSection
-from agent.fleet.layout import ensure_layout
 from agent.logs.visibility import journald_running
+from harmony_fleet.provision import ensure_layout
 from tests.agentproc import run_bus
 from tests.logs.journald import Journald
 from tests.natsserver import NatsServer

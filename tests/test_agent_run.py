@@ -11,10 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.bus import Bus
-from agent.contracts import DeviceInfo, dump_json, utcnow
-from agent.fleet.devices import list_devices
 from agent.health import read_health
+from harmony_core.bus import Bus
+from harmony_core.contracts import DeviceInfo, dump_json, utcnow
+from harmony_fleet.devices import list_devices
 from tests.agentproc import AgentProcess, kv_get_json, run_bus, write_config
 from tests.conftest import init_layout
 from tests.natsserver import NatsServer, free_port, wait_for
@@ -188,7 +188,7 @@ def test_duplicate_device_id_is_not_overwritten(nats_js: NatsServer, tmp_path: P
         assert info is not None and info[0]["hostname"] == "the-other-one"
         assert _hb(nats_js.url) is None
         forget = subprocess.run(
-            [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "forget", "dev-test"],
+            [sys.executable, "-m", "harmony_fleet.cli", "-s", nats_js.url, "forget", "dev-test"],
             capture_output=True,
             text=True,
         )
@@ -251,14 +251,32 @@ def test_devices_ready_then_offline_after_sigkill(nats_js: NatsServer, tmp_path:
     try:
         wait_for(lambda: _hb(nats_js.url) is not None, 15, "first heartbeat")
         out = subprocess.run(
-            [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "devices", "-l", "site=x"],
+            [
+                sys.executable,
+                "-m",
+                "harmony_fleet.cli",
+                "-s",
+                nats_js.url,
+                "devices",
+                "-l",
+                "site=x",
+            ],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         assert "dev-test" in out and "Ready" in out
         none = subprocess.run(
-            [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "devices", "-l", "site=y"],
+            [
+                sys.executable,
+                "-m",
+                "harmony_fleet.cli",
+                "-s",
+                nats_js.url,
+                "devices",
+                "-l",
+                "site=y",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -337,7 +355,7 @@ def test_status_info_and_watch_commands(nats_js: NatsServer, tmp_path: Path) -> 
     )
     assert not_running.returncode == 3 and "not running" in not_running.stderr
     watch = subprocess.Popen(
-        [sys.executable, "-m", "agent.fleet.cli", "-s", nats_js.url, "watch", "--all", "--json"],
+        [sys.executable, "-m", "harmony_fleet.cli", "-s", nats_js.url, "watch", "--all", "--json"],
         stdout=subprocess.PIPE,
         text=True,
     )

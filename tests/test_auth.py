@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.bus import Bus
 from agent.config import NatsSection
-from agent.fleet.layout import ensure_layout
 from agent.health import read_health
+from harmony_core.bus import Bus
+from harmony_fleet.provision import ensure_layout
 from tests.agentproc import AgentProcess, run_bus, write_config
 from tests.natsserver import NatsServer, free_port, wait_for
 
@@ -79,7 +79,7 @@ def _heartbeat(n: NatsSection) -> dict[str, Any] | None:
 
 def _fleet(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`harmony-fleet -s URL ARGS...` (a separate process: a refused connect is its own)."""
-    cmd = [sys.executable, "-m", "agent.fleet.cli", "-s", url, *args]
+    cmd = [sys.executable, "-m", "harmony_fleet.cli", "-s", url, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from agent.config import Config, check_files, label_problems, load_config, parse_config
 from agent.config_doc import render_example
-from agent.durations import format_duration, parse_duration
-from agent.errors import ConfigError
+from harmony_core.durations import format_duration, parse_duration
+from harmony_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import agent
-from agent.contracts import Heartbeat, Load, format_ts, render_schemas
+from harmony_core.contracts import Heartbeat, Load, format_ts, render_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fleet.selectors import device_status, match_labels, parse_selector
 from agent.heartbeat import jittered
+from harmony_core.selectors import device_status, match_labels, parse_selector
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.bus import Bus
 from agent.config import load_config
-from agent.contracts import dump_json
 from agent.identity import device_id_of, read_machine_id
 from agent.logs.service import LogsService
+from harmony_core.bus import Bus
+from harmony_core.contracts import dump_json
 
 __all__ = ["main"]
 

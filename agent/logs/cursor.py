@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.contracts import format_ts, utcnow
 from agent.health import atomic_write
+from harmony_core.contracts import format_ts, utcnow
 
 __all__ = ["CursorStore", "SavedCursor"]
 

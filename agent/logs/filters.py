@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.journal_names import mangle_unit
+from harmony_core.journal_names import mangle_unit
 
 __all__ = ["Filters", "Matches", "build_matches", "mangle_unit"]
 

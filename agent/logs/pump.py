@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.config import LogsSection
-from agent.errors import JournalError
 from agent.logs.cursor import SavedCursor
 from agent.logs.filters import Filters
 from agent.logs.ratelimit import DropTally, RateLimiter
@@ -28,6 +27,7 @@ from agent.logs.records import (
     dropped_record,
     gap_record,
 )
+from harmony_core.errors import JournalError
 
 __all__ = ["Batch", "Pump", "filters_of", "msg_id"]
 

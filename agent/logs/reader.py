@@ -16,8 +16,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from agent.errors import JournalError
 from agent.logs.filters import Filters, build_matches
+from harmony_core.errors import JournalError
 
 __all__ = ["Entry", "JournalReader", "StartAt"]
 

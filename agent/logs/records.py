@@ -1,7 +1,7 @@
 """Journal entry -> LogRecord JSON, written by hand for speed (no model per line).
 
 The reader hands us the raw fields of one entry (`{name: bytes}`, as libsystemd
-returns them); we emit the JSON of one `agent.contracts.LogRecord` with `None`
+returns them); we emit the JSON of one `harmony_core.contracts.LogRecord` with `None`
 fields left out, exactly what `dump_json(LogRecord(...))` would produce. Tests
 check that equivalence; this path runs ~100,000 times a second.
 

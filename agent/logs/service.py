@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from agent.bus import Bus
 from agent.config import Config
-from agent.contracts import LogsSummary
-from agent.errors import JournalError
 from agent.logs.cursor import CursorStore, SavedCursor
 from agent.logs.pump import Batch, Pump
 from agent.logs.shipper import Shipper
 from agent.logs.visibility import JournalPaths, blind_reason
+from harmony_core.bus import Bus
+from harmony_core.contracts import LogsSummary
+from harmony_core.errors import JournalError
 
 __all__ = ["LogsService"]
 

@@ -17,10 +17,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.bus import Bus, backoff_delay
-from agent.errors import BucketMissingError, BusError, BusUnavailableError
 from agent.logs.cursor import SavedCursor
 from agent.logs.pump import Batch
+from harmony_core.bus import Bus, backoff_delay
+from harmony_core.errors import BucketMissingError, BusError, BusUnavailableError
 
 __all__ = ["Shipper"]
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.contracts import UpgradeRequest
 from agent.upgrade.semver import compare_versions, parse_version
+from harmony_core.contracts import UpgradeRequest
 
 __all__ = [
     "MARGIN_BYTES",

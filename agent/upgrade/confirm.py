@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.contracts import Health
+from harmony_core.contracts import Health
 
 __all__ = ["Judge", "Observation", "UnitState", "Verdict"]
 

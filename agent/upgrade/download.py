@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, cast
 
-from agent.bus import Bus
-from agent.errors import UpgradeError
+from harmony_core.bus import Bus
+from harmony_core.errors import UpgradeError
 
 __all__ = ["download_artifact"]
 

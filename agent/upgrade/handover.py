@@ -15,9 +15,9 @@ import os
 import stat
 from pathlib import Path
 
-from agent.errors import UpgradeRejectedError
 from agent.health import atomic_write
 from agent.upgrade.layout import Staging
+from harmony_core.errors import UpgradeRejectedError
 
 __all__ = ["clear_staged", "read_staged_envelope", "stage", "take_staged_artifact"]
 

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.contracts import Timestamp, utcnow
 from agent.health import atomic_write
+from harmony_core.contracts import Timestamp, utcnow
 
 __all__ = ["History", "JournalRecord", "ensure_private_dir", "load_history", "load_journal",
            "save_history", "save_journal"]

@@ -1,4 +1,4 @@
-"""Trusted and signing keys on disk (PEM files); the edge around `envelope`."""
+"""The trusted upgrade keys on disk (PEM files); the edge around `envelope`."""
 
 from __future__ import annotations
 
@@ -6,22 +6,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.errors import UpgradeError
-from agent.upgrade.envelope import keyid_of
+from harmony_core.envelope import keyid_of
 
 if TYPE_CHECKING:
     # cryptography costs ~8 MB of RSS: imported where a key is read, not with the daemon.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
         Ed25519PublicKey,
     )
 
-__all__ = [
-    "load_signing_key",
-    "load_trusted_keys",
-    "private_pem",
-    "public_pem",
-]
+__all__ = ["load_trusted_keys"]
 
 _MAX_KEY_FILE = 16 * 1024
 
@@ -50,29 +43,3 @@ def load_trusted_keys(directory: Path) -> tuple[dict[str, Ed25519PublicKey], lis
             continue
         keys[keyid_of(key)] = key
     return keys, problems
-
-
-def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    """The operator's Ed25519 private key (PEM, unencrypted) from `path`."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise UpgradeError(f"{path}: cannot read an unencrypted PEM private key ({e})") from e
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UpgradeError(f"{path}: not an Ed25519 key; make one with `harmony-fleet keygen`")
-    return key
-
-
-def private_pem(key: Ed25519PrivateKey) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-
-
-def public_pem(key: Ed25519PublicKey) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)

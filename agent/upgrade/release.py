@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from agent.errors import UpgradeError
 from agent.upgrade.layout import MARKER
 from agent.upgrade.semver import Version, parse_version
+from harmony_core.errors import UpgradeError
 
 __all__ = [
     "ExtractLimits",

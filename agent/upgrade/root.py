@@ -60,16 +60,16 @@ class NatsStatusSink:
     """Publishes UpgradeStatus to `agent-upgrade-status/<device_id>`; False when NATS is away."""
 
     def __init__(self, bus: object, bucket: str) -> None:
-        from agent.bus import Bus
+        from harmony_core.bus import Bus
 
         assert isinstance(bus, Bus)
         self.bus = bus
         self.bucket = bucket
 
     async def publish(self, status: object, timeout: float) -> bool:
-        from agent.contracts import UpgradeStatus
-        from agent.errors import BusError
         from agent.upgrade.status import status_bytes
+        from harmony_core.contracts import UpgradeStatus
+        from harmony_core.errors import BusError
 
         assert isinstance(status, UpgradeStatus)
         if not await self.bus.wait_connected(timeout):
@@ -85,12 +85,12 @@ class NatsStatusSink:
 
 
 async def _run(layout: object) -> int:
-    from agent.bus import Bus
     from agent.config import load_config
     from agent.identity import device_id_of, read_machine_id
     from agent.upgrade.layout import Layout
     from agent.upgrade.switch import Switch
     from agent.upgrade.units import SystemdUnit
+    from harmony_core.bus import Bus
 
     assert isinstance(layout, Layout)
     cfg = load_config(layout.config)

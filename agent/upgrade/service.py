@@ -19,19 +19,19 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent.arch import debian_arch
-from agent.bus import Bus, KvEntry
 from agent.config import Config
-from agent.contracts import UpgradePhase, UpgradeStatus, UpgradeSummary, utcnow
-from agent.errors import BusError, UpgradeError, UpgradeRejectedError
 from agent.upgrade.checks import CheckContext, DiskSpace, check_request, disk_needs
 from agent.upgrade.download import download_artifact
-from agent.upgrade.envelope import Verified, verify_envelope
 from agent.upgrade.handover import clear_staged, stage
 from agent.upgrade.keys import load_trusted_keys
 from agent.upgrade.layout import Layout, Staging
 from agent.upgrade.status import status_bytes
 from agent.upgrade.store import ReplayStore, load_json
 from agent.version import __version__
+from harmony_core.bus import Bus, KvEntry
+from harmony_core.contracts import UpgradePhase, UpgradeStatus, UpgradeSummary, utcnow
+from harmony_core.envelope import Verified, verify_envelope
+from harmony_core.errors import BusError, UpgradeError, UpgradeRejectedError
 
 __all__ = ["UpgradeService"]
 

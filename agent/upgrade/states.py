@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from agent.contracts import UpgradePhase
+from harmony_core.contracts import UpgradePhase
 
 __all__ = [
     "MAX_RESUMES",

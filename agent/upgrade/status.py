@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.contracts import UpgradeStatus
+from harmony_core.contracts import UpgradeStatus
 
 __all__ = ["status_bytes"]
 

@@ -21,12 +21,9 @@ from typing import Any, Protocol
 
 from agent.arch import debian_arch
 from agent.config import Config
-from agent.contracts import UpgradeStatus, utcnow
-from agent.errors import UpgradeError, UpgradeRejectedError
 from agent.health import atomic_write, read_health
 from agent.upgrade.checks import CheckContext, check_request
 from agent.upgrade.confirm import Judge, Observation
-from agent.upgrade.envelope import verify_envelope
 from agent.upgrade.handover import read_staged_envelope, take_staged_artifact
 from agent.upgrade.journal import (
     JournalRecord,
@@ -59,6 +56,9 @@ from agent.upgrade.states import (
 )
 from agent.upgrade.units import UnitControl
 from agent.version import __version__
+from harmony_core.contracts import UpgradeStatus, utcnow
+from harmony_core.envelope import verify_envelope
+from harmony_core.errors import UpgradeError, UpgradeRejectedError
 
 __all__ = ["StatusSink", "Switch", "recover_on_boot"]
 

@@ -9,7 +9,7 @@
 #   VERSION  package and agent version; default: __version__ of SRC/agent/version.py.
 #            When it differs, the release's agent/version.py is rewritten, so the
 #            agent reports the version it was packaged as.
-#   SRC      source tree holding agent/ and agent.example.toml (default: .).
+#   SRC      source tree holding agent/, harmony_core/ and agent.example.toml (default: .).
 #   OUT      output directory (default: dist).
 #   PYTHON   a Python 3.11+ with pip, used only to fetch wheels (default: python3).
 #   SOURCE_DATE_EPOCH  timestamp of every file; default: the last commit of
@@ -18,7 +18,7 @@
 #
 # Layout produced (see docs/packaging.md):
 #   /opt/harmony-agent/releases/<version>/   agent + locked dependencies, `.complete` last
-#   /usr/bin/harmony-agent, /usr/bin/harmony-fleet   launchers (run `current`)
+#   /usr/bin/harmony-agent   the launcher (runs `current`); harmony-fleet is not on devices
 #   /lib/systemd/system/harmony-agent*.{service,path,timer}
 #   /etc/harmony-agent/agent.toml (conffile), /etc/harmony-agent/keys/
 set -euo pipefail
@@ -77,7 +77,8 @@ fi
 rm -rf "$REL/bin"
 
 # 2. The agent itself, from the source tree.
-(cd "$SRC" && find agent -type f -name '*.py' -o -type f -name 'py.typed') | sort |
+# The device package: the agent and the shared core; never the operator side (harmony_fleet).
+(cd "$SRC" && find agent harmony_core \( -name '*.py' -o -name 'py.typed' \) -type f) | sort |
     while read -r f; do install -D -m 0644 "$SRC/$f" "$REL/$f"; done
 if [ "$VERSION" != "$SRC_VERSION" ]; then
     sed -i "s/^__version__ = \".*\"$/__version__ = \"$VERSION\"/" "$REL/agent/version.py"
@@ -88,7 +89,7 @@ grep -qx "__version__ = \"$VERSION\"" "$REL/agent/version.py" || die "version no
 find "$REL" -depth \( -name __pycache__ -o -name '*.pyc' \) -exec rm -rf {} +
 
 # 3. Launchers, units, config, docs.
-for prog in harmony-agent:agent.cli harmony-fleet:agent.fleet.cli; do
+for prog in harmony-agent:agent.cli; do
     name=${prog%%:*}
     sed -e "s|@PROG@|$name|g" -e "s|@MODULE@|${prog#*:}|g" -e "s|@VERSION@|$VERSION|g" \
         "$PKG_ROOT/packaging/bin/launcher.sh.in" > "$ROOT/usr/bin/$name"

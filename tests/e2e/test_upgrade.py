@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contracts import Artifact, UpgradeRequest, utcnow
-from agent.fleet.cli import main as fleet
-from agent.upgrade.envelope import sign_request
-from agent.upgrade.keys import private_pem, public_pem
+from harmony_core.contracts import Artifact, UpgradeRequest, utcnow
+from harmony_fleet.cli import main as fleet
+from harmony_fleet.keys import private_pem, public_pem
+from harmony_fleet.signing import sign_request
 from tests.agentproc import kv_get_json, run_bus
 from tests.e2e.conftest import AGENT, agent_toml
 from tests.e2e.harness import Container

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.bus import Bus
 from agent.config import Config, LogsSection, NatsSection, parse_config
 from agent.logs import LogsService
+from harmony_core.bus import Bus
 
 
 def make_config(state_dir: Path, url: str, *, reconnect: str = "1s", **logs: Any) -> Config:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.contracts import LogRecord
-from agent.fleet.logs import format_record, parse_since, record_matches
+from harmony_core.contracts import LogRecord
+from harmony_fleet.logs import format_record, parse_since, record_matches
 from tests.logs.helpers import make_config, running_service, stream_records, wait_async
 from tests.logs.journald import Journald, send, systemd_cat
 from tests.natsserver import NatsServer

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from agent.contracts import LogBatch, LogRecord, dump_json
 from agent.logs.records import (
     MAX_MESSAGE_JSON,
     Encoder,
@@ -18,6 +17,7 @@ from agent.logs.records import (
     dropped_record,
     gap_record,
 )
+from harmony_core.contracts import LogBatch, LogRecord, dump_json
 
 CURSOR = "s=abc;i=1f;b=0123;m=10;t=5f0a1b2c3d4e5;x=99"
 

@@ -66,7 +66,7 @@ def source_snapshot() -> Path:
     with _lock:
         if _snapshot is None:
             dest = _work() / "src"
-            for tree in ("agent", "packaging", "docs"):
+            for tree in ("agent", "harmony_core", "packaging", "docs"):
                 if (REPO / tree).is_dir():
                     shutil.copytree(REPO / tree, dest / tree,
                                     ignore=shutil.ignore_patterns("__pycache__"))

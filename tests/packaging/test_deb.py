@@ -68,18 +68,30 @@ def test_layout(amd64_deb: Path) -> None:
     m = members(amd64_deb)
     rel = f"opt/harmony-agent/releases/{source_version()}"
     for path in (f"{rel}/.complete", f"{rel}/agent/cli.py", f"{rel}/agent/version.py",
+                 f"{rel}/harmony_core/contracts.py", f"{rel}/harmony_core/envelope.py",
                  f"{rel}/nats", f"{rel}/pydantic_core", f"{rel}/cryptography", f"{rel}/psutil",
                  "etc/harmony-agent/keys", "lib/systemd/system/harmony-agent.service",
                  "usr/share/doc/harmony-agent/copyright"):
         assert path in m, path
-    for exe in ("usr/bin/harmony-agent", "usr/bin/harmony-fleet"):
-        assert m[exe].mode == 0o755
+    assert m["usr/bin/harmony-agent"].mode == 0o755
     assert m["etc/harmony-agent/agent.toml"].mode == 0o640
     assert {(i.uname, i.gname) for i in m.values()} == {("root", "root")}
     # systemd bindings come from Debian's python3-systemd, not from the release.
     assert f"{rel}/systemd" not in m
     assert not [p for p in m if p.endswith(".pyc") or "__pycache__" in p]
     assert "opt/harmony-agent/current" not in m  # made by postinst, not owned by dpkg
+
+
+def test_no_operator_code_on_a_device(amd64_deb: Path) -> None:
+    """kubectl does not ship with the kubelet: harmony-fleet and its modules stay off devices."""
+    listing = subprocess.run(
+        ["dpkg-deb", "-c", str(amd64_deb)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "harmony-fleet" not in listing
+    assert "harmony_fleet" not in listing
+    assert "/agent/fleet/" not in listing
+    # The operator's signing side is not in the shared core either.
+    assert "signing.py" not in listing and "keygen" not in listing
 
 
 def test_conffile_and_scripts(amd64_deb: Path, tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contracts import Artifact, UpgradeRequest
-from agent.upgrade.envelope import sign_request
-from agent.upgrade.keys import public_pem
+from harmony_core.contracts import Artifact, UpgradeRequest
+from harmony_fleet.keys import public_pem
+from harmony_fleet.signing import sign_request
 
 __all__ = ["NOW", "build_deb", "make_request", "signed", "write_pub"]
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.bus import Bus
 from agent.config import Config, NatsSection, load_config
-from agent.contracts import Artifact, UpgradeRequest, UpgradeStatus, utcnow
 from agent.health import read_health
 from agent.upgrade.handover import stage
 from agent.upgrade.layout import MARKER, Layout, Staging
@@ -21,6 +19,8 @@ from agent.upgrade.release import flip_current
 from agent.upgrade.root import NatsStatusSink
 from agent.upgrade.states import State
 from agent.upgrade.switch import Switch
+from harmony_core.bus import Bus
+from harmony_core.contracts import Artifact, UpgradeRequest, UpgradeStatus, utcnow
 from tests.agentproc import write_config
 from tests.natsserver import wait_for
 from tests.upgrade.helpers import build_deb, signed, write_pub

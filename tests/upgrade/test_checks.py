@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent.contracts import Artifact
 from agent.upgrade.checks import CheckContext, DiskSpace, check_request, disk_needs
 from agent.upgrade.semver import compare_versions, parse_version
+from harmony_core.contracts import Artifact
 from tests.upgrade.helpers import NOW, make_request
 
 CTX = CheckContext(device_id="dev-1", arch="amd64", running_version="0.1.0", now=NOW)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.errors import UpgradeRejectedError
-from agent.upgrade.envelope import PAYLOAD_TYPE, keyid_of, pae, sign_request, verify_envelope
+from harmony_core.envelope import PAYLOAD_TYPE, keyid_of, pae, verify_envelope
+from harmony_core.errors import UpgradeRejectedError
+from harmony_fleet.signing import sign_request
 from tests.upgrade.helpers import make_request
 
 KEY = Ed25519PrivateKey.generate()

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.bus import Bus
 from agent.config import NatsSection
-from agent.contracts import (
+from agent.upgrade.keys import load_trusted_keys
+from agent.upgrade.status import status_bytes
+from harmony_core.bus import Bus
+from harmony_core.contracts import (
     CpuInfo,
     DeviceInfo,
     DiskInfo,
@@ -19,10 +21,8 @@ from agent.contracts import (
     UpgradeStatus,
     utcnow,
 )
-from agent.fleet.cli import main as fleet
-from agent.upgrade.envelope import verify_envelope
-from agent.upgrade.keys import load_trusted_keys
-from agent.upgrade.status import status_bytes
+from harmony_core.envelope import verify_envelope
+from harmony_fleet.cli import main as fleet
 from tests.natsserver import NatsServer
 from tests.upgrade.helpers import build_deb
 

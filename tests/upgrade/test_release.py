@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import UpgradeError
 from agent.upgrade.layout import MARKER
 from agent.upgrade.release import (
     current_version,
@@ -21,6 +20,7 @@ from agent.upgrade.release import (
     prune_releases,
     remove_partials,
 )
+from harmony_core.errors import UpgradeError
 from tests.upgrade.helpers import build_deb
 
 P = "./opt/harmony-agent/releases/0.2.0/"

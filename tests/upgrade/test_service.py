@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.bus import Bus, KvEntry
 from agent.config import Config, NatsSection, parse_config
-from agent.contracts import Artifact, UpgradeRequest, UpgradeStatus, utcnow
 from agent.upgrade import UpgradeService
 from agent.upgrade.layout import Staging
 from agent.upgrade.store import ReplayStore
+from harmony_core.bus import Bus, KvEntry
+from harmony_core.contracts import Artifact, UpgradeRequest, UpgradeStatus, utcnow
 from tests.natsserver import NatsServer
 from tests.upgrade.helpers import build_deb, signed, write_pub
 

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import pytest
 
-from agent.contracts import Health, NatsHealth
 from agent.upgrade.confirm import Judge, Observation, UnitState
 from agent.upgrade.states import (
     MAX_RESUMES,
@@ -18,6 +17,7 @@ from agent.upgrade.states import (
     phase_of,
     recovery_for,
 )
+from harmony_core.contracts import Health, NatsHealth
 from tests.upgrade.helpers import NOW
 
 HAPPY = [

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.bus import Bus
-from agent.contracts import UpgradeStatus
 from agent.upgrade.journal import load_journal
 from agent.upgrade.layout import MARKER, Staging
 from agent.upgrade.release import current_version, is_complete
 from agent.upgrade.states import State
 from agent.upgrade.switch import recover_on_boot
+from harmony_core.bus import Bus
+from harmony_core.contracts import UpgradeStatus
 from tests.natsserver import NatsServer
 from tests.upgrade.rig import DEVICE, Rig, nats_sink
 

@@ -20,7 +20,7 @@ _PATCHES: dict[str, tuple[str, str, str]] = {
         "        return  # test build: never sends READY\n",
     ),
     "no-nats": (
-        "agent/bus.py",
+        "harmony_core/bus.py",
         '            "servers": list(c.servers),\n',
         '            "servers": ["nats://127.0.0.1:9"],  # test build: cannot reach NATS\n',
     ),
@@ -29,9 +29,10 @@ VARIANTS = ("good", *_PATCHES)
 
 
 def make_tree(src: Path, dst: Path, version: str, variant: str = "good") -> Path:
-    """A copy of `src`'s agent/ (and example config) at `dst`, version set, variant patched."""
-    shutil.copytree(src / "agent", dst / "agent",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    """A copy of agent/ and harmony_core/ (and the example config), version set, patched."""
+    for pkg in ("agent", "harmony_core"):
+        shutil.copytree(src / pkg, dst / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if (src / "agent.example.toml").exists():
         shutil.copy2(src / "agent.example.toml", dst / "agent.example.toml")
     vf = dst / "agent" / "version.py"
@@ -51,8 +52,9 @@ def make_tree(src: Path, dst: Path, version: str, variant: str = "good") -> Path
 
 
 def release_files(tree: Path) -> dict[str, str]:
-    """The tree's agent package as {relative path: text}, for a test .deb's release dir."""
+    """The tree's agent and core packages as {relative path: text}, for a test .deb's release."""
     return {
         str(p.relative_to(tree)): p.read_text()
-        for p in sorted((tree / "agent").rglob("*.py"))
+        for pkg in ("agent", "harmony_core")
+        for p in sorted((tree / pkg).rglob("*.py"))
     }

@@ -2,7 +2,7 @@
 
 Every payload is a UTF-8 JSON object with ``schema_version: 1``; timestamps are
 RFC 3339 UTC with ``Z``. Readers ignore fields they do not know, so a newer
-writer never breaks an older reader. `python -m agent.contracts` regenerates
+writer never breaks an older reader. `python -m harmony_core.contracts` regenerates
 ``contracts/*.schema.json``; a test fails when they drift from these models.
 """
 

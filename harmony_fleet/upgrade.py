@@ -15,9 +15,8 @@ from typing import TextIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from agent.bus import Bus, KvEntry
-from agent.config import NatsSection
-from agent.contracts import (
+from harmony_core.bus import Bus, KvEntry
+from harmony_core.contracts import (
     Artifact,
     DeviceInfo,
     UpgradeRequest,
@@ -25,12 +24,14 @@ from agent.contracts import (
     format_ts,
     utcnow,
 )
-from agent.durations import parse_duration
-from agent.errors import UpgradeError
-from agent.fleet.artifacts import ArtifactInfo, artifact_name, inspect_deb
-from agent.fleet.selectors import match_labels, parse_selector
-from agent.upgrade.envelope import keyid_of, sign_request
-from agent.upgrade.keys import load_signing_key, private_pem, public_pem
+from harmony_core.durations import parse_duration
+from harmony_core.envelope import keyid_of
+from harmony_core.errors import UpgradeError
+from harmony_core.selectors import match_labels, parse_selector
+from harmony_core.settings import NatsSection
+from harmony_fleet.artifacts import ArtifactInfo, artifact_name, inspect_deb
+from harmony_fleet.keys import load_signing_key, private_pem, public_pem
+from harmony_fleet.signing import sign_request
 
 __all__ = ["TERMINAL_PHASES", "register", "status_row"]
 
@@ -80,11 +81,23 @@ async def cmd_publish(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int
     if size != info.size:
         raise UpgradeError(f"uploaded {size} bytes of {info.size}; try again")
     if args.json:
-        print(json.dumps({"bucket": n.artifacts_bucket, "name": info.name, "version": info.version,
-                          "arch": info.arch, "sha256": info.sha256, "size": info.size}))
+        print(
+            json.dumps(
+                {
+                    "bucket": n.artifacts_bucket,
+                    "name": info.name,
+                    "version": info.version,
+                    "arch": info.arch,
+                    "sha256": info.sha256,
+                    "size": info.size,
+                }
+            )
+        )
     else:
-        print(f"published {n.artifacts_bucket}/{info.name}  version {info.version}  "
-              f"arch {info.arch}  {info.size} bytes  sha256 {info.sha256}")
+        print(
+            f"published {n.artifacts_bucket}/{info.name}  version {info.version}  "
+            f"arch {info.arch}  {info.size} bytes  sha256 {info.sha256}"
+        )
     return 0
 
 
@@ -142,8 +155,9 @@ async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int
     for device, arch in targets.items():
         arch = arch or args.arch
         if arch is None:
-            print(f"{device}: skipped: no DeviceInfo to tell its arch (pass --arch)",
-                  file=sys.stderr)
+            print(
+                f"{device}: skipped: no DeviceInfo to tell its arch (pass --arch)", file=sys.stderr
+            )
             rc = 1
             continue
         if arch not in artifacts:
@@ -154,8 +168,7 @@ async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int
             device_id=device,
             target_version=args.version,
             arch=arch,
-            artifact=Artifact(bucket=n.artifacts_bucket, name=a.name, sha256=a.sha256,
-                              size=a.size),
+            artifact=Artifact(bucket=n.artifacts_bucket, name=a.name, sha256=a.sha256, size=a.size),
             issued_at=now,
             expires_at=now + timedelta(seconds=args.expires),
             confirm_window_s=args.confirm_window,
@@ -244,41 +257,68 @@ def _all_done(latest: dict[str, UpgradeStatus]) -> bool:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
 ) -> None:
-    k = sub.add_parser("keygen", parents=parents,
-                       help="make an Ed25519 key pair for signing upgrade requests")
-    k.add_argument("--out", default="harmony-upgrade",
-                   help="path prefix: writes PREFIX.key (0600) and PREFIX.pub")
+    k = sub.add_parser(
+        "keygen", parents=parents, help="make an Ed25519 key pair for signing upgrade requests"
+    )
+    k.add_argument(
+        "--out",
+        default="harmony-upgrade",
+        help="path prefix: writes PREFIX.key (0600) and PREFIX.pub",
+    )
     k.set_defaults(func=cmd_keygen, needs_bus=False)
 
-    p = sub.add_parser("publish-artifact", parents=parents,
-                       help="upload a harmony-agent .deb to the artifacts object store")
+    p = sub.add_parser(
+        "publish-artifact",
+        parents=parents,
+        help="upload a harmony-agent .deb to the artifacts object store",
+    )
     p.add_argument("file", help="the .deb (as built by `make deb`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_publish)
 
-    u = sub.add_parser("upgrade", parents=parents,
-                       help="sign and send an upgrade request to devices")
+    u = sub.add_parser(
+        "upgrade", parents=parents, help="sign and send an upgrade request to devices"
+    )
     u.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids")
     u.add_argument("-l", "--selector", help="every device whose labels match key=value,...")
     u.add_argument("--version", required=True, help="the version to run (published before)")
     u.add_argument("--key", required=True, help="the private key from `harmony-fleet keygen`")
-    u.add_argument("--confirm-window", type=_duration, default=None, metavar="D",
-                   help='how long the new version must stay healthy, e.g. "2m" '
-                        "(default: the device's [upgrade] confirm_window)")
+    u.add_argument(
+        "--confirm-window",
+        type=_duration,
+        default=None,
+        metavar="D",
+        help='how long the new version must stay healthy, e.g. "2m" '
+        "(default: the device's [upgrade] confirm_window)",
+    )
     u.add_argument("--allow-downgrade", action="store_true", help="allow an older version")
-    u.add_argument("--retry-rolled-back", action="store_true",
-                   help="try again an artifact that already rolled back on a device")
-    u.add_argument("--expires", type=_duration, default=3600.0, metavar="D",
-                   help='the request is void after this long (default "1h")')
+    u.add_argument(
+        "--retry-rolled-back",
+        action="store_true",
+        help="try again an artifact that already rolled back on a device",
+    )
+    u.add_argument(
+        "--expires",
+        type=_duration,
+        default=3600.0,
+        metavar="D",
+        help='the request is void after this long (default "1h")',
+    )
     u.add_argument("--arch", help="arch of devices without DeviceInfo (amd64, arm64, ...)")
     u.set_defaults(func=cmd_upgrade)
 
-    s = sub.add_parser("upgrade-status", parents=parents,
-                       help="where upgrades stand: phase, versions, reason (-f to follow)")
+    s = sub.add_parser(
+        "upgrade-status",
+        parents=parents,
+        help="where upgrades stand: phase, versions, reason (-f to follow)",
+    )
     s.add_argument("device", nargs="?", help="only this device")
     s.add_argument("-f", "--follow", action="store_true", help="print every change")
-    s.add_argument("-w", "--wait", action="store_true",
-                   help="follow until every shown upgrade ended; exit 0 only if all committed")
+    s.add_argument(
+        "-w",
+        "--wait",
+        action="store_true",
+        help="follow until every shown upgrade ended; exit 0 only if all committed",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=cmd_status)
-

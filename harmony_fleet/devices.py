@@ -11,12 +11,13 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from agent.bus import Bus, KvEntry
-from agent.config import RESERVED_LABEL_PREFIX, NatsSection
-from agent.contracts import DeviceInfo, Heartbeat, UpgradeStatus, format_ts, utcnow
-from agent.fleet.layout import ensure_layout
-from agent.fleet.selectors import device_status, match_labels, parse_selector
-from agent.statusline import ago
+from harmony_core.bus import Bus, KvEntry
+from harmony_core.contracts import DeviceInfo, Heartbeat, UpgradeStatus, format_ts, utcnow
+from harmony_core.durations import ago
+from harmony_core.labels import RESERVED_LABEL_PREFIX
+from harmony_core.selectors import device_status, match_labels, parse_selector
+from harmony_core.settings import NatsSection
+from harmony_fleet.provision import ensure_layout
 
 __all__ = ["DeviceRow", "list_devices", "register"]
 

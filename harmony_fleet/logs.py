@@ -16,11 +16,11 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from agent.bus import Bus
-from agent.config import NatsSection
-from agent.contracts import LogBatch, LogRecord
-from agent.durations import parse_duration
-from agent.journal_names import mangle_unit, priority_of
+from harmony_core.bus import Bus
+from harmony_core.contracts import LogBatch, LogRecord
+from harmony_core.durations import parse_duration
+from harmony_core.journal_names import mangle_unit, priority_of
+from harmony_core.settings import NatsSection
 
 __all__ = ["format_record", "parse_since", "record_matches", "register"]
 

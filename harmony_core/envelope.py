@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from agent.contracts import DsseEnvelope, DsseSignature, UpgradeRequest
-from agent.errors import UpgradeRejectedError
+from harmony_core.contracts import DsseEnvelope, UpgradeRequest
+from harmony_core.errors import UpgradeRejectedError
 
 if TYPE_CHECKING:
     # cryptography costs ~8 MB of RSS: the daemon loads it only when a request arrives.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
         Ed25519PublicKey,
     )
 
@@ -31,7 +30,6 @@ __all__ = [
     "Verified",
     "keyid_of",
     "pae",
-    "sign_request",
     "verify_envelope",
 ]
 
@@ -71,26 +69,6 @@ def _b64(text: str, what: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError) as e:
         raise UpgradeRejectedError(f"{what} is not valid base64") from e
-
-
-def sign_request(
-    request: UpgradeRequest, key: Ed25519PrivateKey, extra: Mapping[str, Any] | None = None
-) -> DsseEnvelope:
-    """The DSSE envelope of `request` signed by `key` (operator side).
-
-    `extra` adds payload fields newer than the model (e.g. `retry_rolled_back`).
-    """
-    body = request.model_dump_json(exclude_none=True).encode()
-    if extra:
-        body = json.dumps({**json.loads(body), **extra}, separators=(",", ":")).encode()
-    sig = key.sign(pae(PAYLOAD_TYPE, body))
-    return DsseEnvelope(
-        payloadType=PAYLOAD_TYPE,
-        payload=base64.b64encode(body).decode(),
-        signatures=[
-            DsseSignature(keyid=keyid_of(key.public_key()), sig=base64.b64encode(sig).decode())
-        ],
-    )
 
 
 def verify_envelope(data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Verified:

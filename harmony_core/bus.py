@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
-from agent.config import NatsSection
-from agent.errors import (
+from harmony_core.errors import (
     BucketMissingError,
     BusError,
     BusUnavailableError,
     RevisionMismatchError,
 )
+from harmony_core.settings import NatsSection
 
 __all__ = ["Bus", "BusState", "KvEntry", "PubAck", "backoff_delay"]
 
-log = logging.getLogger("agent.bus")
+log = logging.getLogger("harmony_core.bus")
 
 ConnState = Literal["connecting", "connected", "disconnected", "closed"]
 

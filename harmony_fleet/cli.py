@@ -7,15 +7,15 @@ import asyncio
 import importlib
 import sys
 
-from agent.bus import Bus
-from agent.errors import AgentError, BusError
-from agent.fleet.options import add_nats_options, nats_section
+from harmony_core.bus import Bus
+from harmony_core.errors import AgentError, BusError
+from harmony_fleet.options import add_nats_options, nats_section
 
 __all__ = ["main"]
 
 # Each module exposes register(subparsers, parents); a command's func is
 # `async (args, bus, nats_section) -> exit code`.
-_COMMANDS = ["agent.fleet.devices", "agent.fleet.logs", "agent.fleet.upgrade"]
+_COMMANDS = ["harmony_fleet.devices", "harmony_fleet.logs", "harmony_fleet.upgrade"]
 
 
 def _parser() -> argparse.ArgumentParser:

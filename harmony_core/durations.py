@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["ago", "format_duration", "parse_duration"]
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -36,3 +37,15 @@ def format_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
     return f"{seconds:g}s"
+
+
+def ago(t: datetime | None, now: datetime) -> str:
+    """How long ago `t` was, the way a person says it: "12s ago", "5m ago", "never"."""
+    if t is None:
+        return "never"
+    s = max(0.0, (now - t).total_seconds())
+    if s < 90:
+        return f"{s:.0f}s ago"
+    if s < 5400:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agent.bus import Bus
-from agent.config import NatsSection
+from harmony_core.bus import Bus
+from harmony_core.settings import NatsSection
 
 __all__ = ["LOG_MAX_AGE_S", "LOG_MAX_BYTES", "ensure_layout"]
 

@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO
 
-from agent.errors import UpgradeError
+from harmony_core.errors import UpgradeError
 
 __all__ = ["ArtifactInfo", "artifact_name", "inspect_deb"]
 
@@ -41,13 +41,13 @@ def _ar_members(data: bytes) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     pos = 8
     while pos + 60 <= len(data):
-        header = data[pos:pos + 60]
+        header = data[pos : pos + 60]
         name = header[:16].decode(errors="replace").strip().rstrip("/")
         try:
             size = int(header[48:58].decode().strip())
         except ValueError as e:
             raise UpgradeError("not a .deb (bad ar member header)") from e
-        out[name] = data[pos + 60:pos + 60 + size]
+        out[name] = data[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)
     return out
 
@@ -80,5 +80,10 @@ def inspect_deb(f: IO[bytes]) -> ArtifactInfo:
     missing = [k for k in ("Package", "Version", "Architecture") if not fields.get(k)]
     if missing:
         raise UpgradeError(f"the .deb's control file lacks {', '.join(missing)}")
-    return ArtifactInfo(fields["Package"], fields["Version"], fields["Architecture"],
-                        hashlib.sha256(data).hexdigest(), len(data))
+    return ArtifactInfo(
+        fields["Package"],
+        fields["Version"],
+        fields["Architecture"],
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agent.config import label_problems
+from harmony_core.labels import label_problems
 
 __all__ = ["DeviceStatus", "device_status", "match_labels", "parse_selector"]
 

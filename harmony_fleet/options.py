@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from agent.config import NatsSection
+from harmony_core.settings import NatsSection
 
 __all__ = ["add_nats_options", "nats_section"]
 

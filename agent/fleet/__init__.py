@@ -1,1 +1,0 @@
-"""The operator side: `harmony-fleet`. Uses only contracts, NATS options and the bus."""

@@ -3,9 +3,12 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make demo` keeps everything under DEMO_DIR; its nats-server listens on NATS_PORT.
 DEMO_DIR ?= /tmp/harmony-demo
+NATS_PORT ?= 4222
+DEMO_ENV = DEMO_DIR='$(DEMO_DIR)' NATS_PORT='$(NATS_PORT)'
 
-.PHONY: all deps venv demo demo-stop bench-agent bench-logs bench-upgrade test lint typecheck schemas example clean
+.PHONY: all deps venv demo demo-stop demo-clean bench-agent bench-logs bench-upgrade test lint typecheck schemas example clean
 
 all: test
 
@@ -21,11 +24,15 @@ $(BIN)/harmony-agent: pyproject.toml
 	touch $@
 
 demo: deps venv
-	bash scripts/demo.sh
+	$(DEMO_ENV) bash scripts/demo.sh start
 
+# The agent first (so it records Stopped), then nats-server; only processes the demo started.
 demo-stop:
-	-for p in $(DEMO_DIR)/agent.pid $(DEMO_DIR)/nats-server.pid $(DEMO_DIR)/journald.pid; do \
-	  [ -f $$p ] && kill $$(cat $$p) 2>/dev/null; rm -f $$p; done
+	$(DEMO_ENV) bash scripts/demo.sh stop
+
+# demo-stop, then remove DEMO_DIR: the store (old devices), state and logs.
+demo-clean:
+	$(DEMO_ENV) bash scripts/demo.sh clean
 
 lint: venv
 	$(BIN)/ruff check agent harmony_core harmony_fleet tests bench
@@ -44,6 +51,7 @@ schemas: venv
 
 example: venv
 	$(BIN)/python -m agent.config_doc > agent.example.toml
+	$(BIN)/python -m agent.config_doc --contract docs/contract.md
 
 bench-agent: deps venv
 	$(BIN)/python -m bench.agent

@@ -7,7 +7,7 @@ PKGS=(
   systemd-journal-remote                                           # bench/logs peer
   debootstrap systemd-container                                    # booted-Debian E2E
   dpkg-dev lintian python3-systemd                                 # .deb build and checks
-  make git ca-certificates
+  make git ca-certificates strace                                   # strace: the demo test proves it writes only its own dir
 )
 missing=()
 for p in "${PKGS[@]}"; do

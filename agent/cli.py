@@ -10,11 +10,17 @@ import os
 import sys
 from pathlib import Path
 
-from agent.config import Config, check_files, config_path_from_env, load_config
+from agent.config import (
+    AgentSection,
+    Config,
+    check_files,
+    config_path_from_env,
+    load_config,
+)
 from agent.version import __version__
 from harmony_core.errors import ConfigError
 
-__all__ = ["main"]
+__all__ = ["EX_CONFIG", "EX_FAIL", "EX_NOT_RUNNING", "EX_OK", "main"]
 
 EX_OK = 0
 EX_FAIL = 1
@@ -24,7 +30,7 @@ EX_CONFIG = 78
 
 def _load(args: argparse.Namespace) -> tuple[Path, Config, str, str]:
     """Config, device id and machine id, or ConfigError with every problem."""
-    from agent.identity import device_id_of, read_machine_id
+    from agent.deviceinfo.identity import device_id_of, read_machine_id
 
     path = config_path_from_env(args.config)
     cfg = load_config(path)
@@ -62,7 +68,7 @@ def _config_error(e: ConfigError) -> int:
     return EX_CONFIG
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
         path, cfg, device_id, _ = _load(args)
     except ConfigError as e:
@@ -72,7 +78,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def _cmd_info(args: argparse.Namespace) -> int:
     from agent.deviceinfo import collect_device_info
     from harmony_core.contracts import utcnow
 
@@ -86,26 +92,59 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.deviceinfo.identity import device_id_of, read_machine_id
     from agent.health import read_health
     from agent.statusline import status_text
     from harmony_core.contracts import utcnow
 
     path = config_path_from_env(args.config)
-    health_file = Path("/run/harmony-agent/health.json")
-    # status must work even when the config is broken: then the default path
+    health_file = AgentSection().health_file
+    device_id: str | None = None
+    # status must work even when the config is broken: then the default path, any device
     with contextlib.suppress(ConfigError):
-        health_file = load_config(path).agent.health_file
+        cfg = load_config(path)
+        health_file = cfg.agent.health_file
+        device_id = device_id_of(cfg, read_machine_id())
     h = read_health(health_file)
     if h is None:
-        print(f"harmony-agent is not running (no health file at {health_file})", file=sys.stderr)
-        return EX_NOT_RUNNING
+        return _not_running(args.json, f"no health file at {health_file}")
+    if device_id is not None and h.device_id != device_id:
+        # Another agent's file (a second agent, a test run): describing it would mislead.
+        error = (
+            f"{health_file} belongs to device {h.device_id!r}, not to {device_id!r} of "
+            f"{path}: another agent writes it. Give each agent its own [agent] health_file, "
+            "or pass -c with that agent's config"
+        )
+        if args.json:
+            refusal = {
+                "running": None,
+                "error": error,
+                "health_file": str(health_file),
+                "device_id": device_id,
+                "health_device_id": h.device_id,
+            }
+            print(json.dumps(refusal, indent=2))
+        else:
+            print(f"harmony-agent: {error}", file=sys.stderr)
+        return EX_FAIL
     running = _pid_alive(h.pid)
     if args.json:
-        print(json.dumps({**h.model_dump(mode="json"), "running": running}, indent=2))
+        out: dict[str, object] = {**h.model_dump(mode="json"), "running": running}
+        if not running:
+            out["reason"] = f"pid {h.pid} is gone; it stopped without removing {health_file}"
+        print(json.dumps(out, indent=2))
     else:
         print(status_text(h, utcnow(), running=running))
     return EX_OK if running else EX_NOT_RUNNING
+
+
+def _not_running(as_json: bool, reason: str) -> int:
+    if as_json:
+        print(json.dumps({"running": False, "reason": reason}, indent=2))
+    else:
+        print(f"harmony-agent is not running ({reason})", file=sys.stderr)
+    return EX_NOT_RUNNING
 
 
 def _pid_alive(pid: int) -> bool:
@@ -118,7 +157,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     from agent.logsetup import setup_logging
 
     try:
@@ -131,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(path, cfg, device_id, machine_id))
 
 
-def cmd_version(args: argparse.Namespace) -> int:
+def _cmd_version(args: argparse.Namespace) -> int:
     print(__version__)
     return EX_OK
 
@@ -153,23 +192,23 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
         "run", parents=[common], help="run the agent (what the systemd unit does)"
-    ).set_defaults(func=cmd_run)
+    ).set_defaults(func=_cmd_run)
     sub.add_parser(
         "check-config", parents=[common], help="validate the config; exit 0, or 78 with every error"
-    ).set_defaults(func=cmd_check_config)
+    ).set_defaults(func=_cmd_check_config)
     sub.add_parser(
         "info",
         parents=[common],
         help="print the DeviceInfo the agent would publish (JSON, no NATS needed)",
-    ).set_defaults(func=cmd_info)
+    ).set_defaults(func=_cmd_info)
     st = sub.add_parser(
         "status",
         parents=[common],
         help="what the local agent is doing (connection, heartbeat, logs, upgrade)",
     )
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    st.set_defaults(func=cmd_status)
-    sub.add_parser("version", help="print the version that runs").set_defaults(func=cmd_version)
+    st.set_defaults(func=_cmd_status)
+    sub.add_parser("version", help="print the version that runs").set_defaults(func=_cmd_version)
     return p
 
 

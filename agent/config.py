@@ -21,10 +21,18 @@ from pydantic import (
     field_validator,
 )
 
+from agent.permissions import unsafe_file
 from harmony_core.errors import ConfigError
 from harmony_core.journal_names import priority_of
 from harmony_core.labels import DNS1123_LABEL, RESERVED_LABEL_PREFIX, label_problems
-from harmony_core.settings import Duration, NatsSection, Section
+from harmony_core.settings import (
+    SECRET_IN_URL,
+    ConfigPath,
+    Duration,
+    NatsSection,
+    Section,
+    nats_pairing_problems,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -43,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/harmony-agent/agent.toml")
+
+
 def _priority(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("a priority is a name (emerg ... debug) or a number 0-7")
@@ -55,9 +65,7 @@ def _priority(value: Any) -> int:
     )
 
 
-Priority = Annotated[int, BeforeValidator(_priority)]
-
-
+_Priority = Annotated[int, BeforeValidator(_priority)]
 
 
 class AgentSection(Section):
@@ -69,11 +77,11 @@ class AgentSection(Section):
         ),
         json_schema_extra={"example": "edge-berlin-17"},
     )
-    state_dir: Path = Field(
+    state_dir: ConfigPath = Field(
         default=Path("/var/lib/harmony-agent"),
         description="The agent's own state: journal cursor, download spool, seen request ids.",
     )
-    health_file: Path = Field(
+    health_file: ConfigPath = Field(
         default=Path("/run/harmony-agent/health.json"),
         description=(
             "The local health file (version, NATS state, last acknowledged heartbeat) "
@@ -117,7 +125,7 @@ class LogsSection(Section):
     identifiers: list[str] = Field(
         default=[], description="Only these syslog identifiers (like `journalctl -t`); [] = all."
     )
-    max_priority: Priority = Field(
+    max_priority: _Priority = Field(
         default=6,
         description="The least severe priority shipped (like `journalctl -p`): a name or 0-7.",
         json_schema_extra={"toml_default": '"info"'},
@@ -168,7 +176,7 @@ class LogsSection(Section):
 
 class UpgradeSection(Section):
     enabled: bool = Field(default=True, description="Act on operator upgrade requests.")
-    trusted_keys_dir: Path = Field(
+    trusted_keys_dir: ConfigPath = Field(
         default=Path("/etc/harmony-agent/keys"),
         description="Ed25519 public keys (PEM, *.pub) trusted to sign upgrade requests.",
     )
@@ -214,7 +222,8 @@ def _problems(err: ValidationError) -> list[str]:
             msg = "unknown key (check its spelling; see agent.example.toml for every key)"
         elif e["type"] == "missing":
             msg = "required"
-        shown = "" if e["type"] in {"extra_forbidden", "missing"} else f" (got {e['input']!r})"
+        hidden = {"extra_forbidden", "missing", SECRET_IN_URL}
+        shown = "" if e["type"] in hidden else f" (got {e['input']!r})"
         if isinstance(e["input"], dict):
             shown = ""
         out.append(f"{_toml_path(loc)}: {msg}{shown}")
@@ -240,10 +249,19 @@ def parse_config(text: str, source: str = "agent.toml") -> Config:
                 f"{_toml_path(('labels', key))}: {p} (got {key} = {value!r})"
                 for p in label_problems(key, value)
             )
+    # The pairing rules of [nats] run on the raw values too: a model validator runs only
+    # once every field is valid, and these must be reported with the field errors.
+    nats = raw.get("nats")
+    pairing = nats_pairing_problems(nats) if isinstance(nats, dict) else []
     try:
         cfg = Config.model_validate(raw, context={"toml": True})
     except ValidationError as e:
-        problems.extend(p for p in _problems(e) if not p.startswith("labels."))
+        problems.extend(
+            p
+            for p in _problems(e)
+            if not p.startswith("labels.") and not (pairing and p.startswith("nats: "))
+        )
+        problems.extend(f"{_toml_path(('nats', key))}: {msg}" for key, msg in pairing)
         raise ConfigError(source, problems) from e
     if problems:
         raise ConfigError(source, problems)
@@ -264,19 +282,28 @@ def load_config(path: Path) -> Config:
     return parse_config(text, str(path))
 
 
+# The credential files of [nats], and whether each is a secret (a CA or a certificate is not).
+_CREDENTIAL_FILES = {
+    "creds_file": True,
+    "nkey_seed_file": True,
+    "password_file": True,
+    "token_file": True,
+    "tls_ca_file": False,
+    "tls_cert_file": False,
+    "tls_key_file": True,
+}
+
+
 def check_files(cfg: Config) -> list[str]:
-    """Problems with files the config names (missing, unreadable); empty when all are fine."""
+    """Problems with files the config names; empty when all are fine.
+
+    Missing or unreadable; and, like ssh with a private key, a credential someone
+    other than root or this user owns or may write (they could swap it), or a
+    secret every user may read (they could copy it).
+    """
     problems: list[str] = []
     n = cfg.nats
-    for key in (
-        "creds_file",
-        "nkey_seed_file",
-        "password_file",
-        "token_file",
-        "tls_ca_file",
-        "tls_cert_file",
-        "tls_key_file",
-    ):
+    for key, secret in _CREDENTIAL_FILES.items():
         path: Path | None = getattr(n, key)
         if path is None:
             continue
@@ -287,6 +314,8 @@ def check_files(cfg: Config) -> list[str]:
                 f"nats.{key}: {str(path)!r} is not readable by this user "
                 "(it should be root:harmony-agent 0640)"
             )
+        elif unsafe := unsafe_file(repr(str(path)), path.stat(), secret=secret):
+            problems.append(f"nats.{key}: {unsafe}")
     return problems
 
 

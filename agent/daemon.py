@@ -2,8 +2,10 @@
 
 READY=1 goes out once the config is loaded and every service said it started
 (never gated on NATS). WATCHDOG=1 only while the heartbeat loop really turns.
-SIGHUP re-reads the config (an invalid one is logged and the running one kept);
-SIGTERM writes a last `stopping` heartbeat and exits 0 within 5 s.
+SIGHUP re-reads the config between RELOADING=1 and READY=1 (an invalid one is
+logged and the running one kept); SIGTERM writes a last `stopping` heartbeat
+and exits 0 within 5 s. Each service runs under `agent.service.retrying`: its
+failure is logged, shown in `status`, and retried, never the agent's end.
 """
 
 from __future__ import annotations
@@ -15,19 +17,21 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-from agent.announce import Announcer
 from agent.config import Config, check_files, load_config
+from agent.deviceinfo import Announcer, read_boot_id
 from agent.health import write_health
 from agent.heartbeat import HeartbeatService
+from agent.logs import LogsService
 from agent.logsetup import setup_logging
 from agent.runtime import RuntimeState
 from agent.sdnotify import Notifier, watchdog_interval
+from agent.service import Service, retrying
 from agent.statusline import status_line
+from agent.upgrade import UpgradeService
 from agent.version import __version__
 from harmony_core.bus import Bus, BusState
 from harmony_core.contracts import Health, LogsSummary, NatsHealth, UpgradeSummary, utcnow
@@ -37,36 +41,17 @@ __all__ = ["serve"]
 
 log = logging.getLogger("agent.daemon")
 
-TICK_S = 5.0
-HEALTH_REFRESH_S = 5.0
-STOP_BUDGET_S = 4.0
+_TICK_S = 5.0
+_HEALTH_REFRESH_S = 5.0
+_STOP_BUDGET_S = 4.0
 # A task that swallows its cancellation (nats-py can, inside a request) must not
 # keep a stopping agent alive: past this, the process ends anyway, exit code 0.
-STOP_HARD_S = 4.8
-RECANCEL_S = 0.5
+_STOP_HARD_S = 4.8
+_RECANCEL_S = 0.5
 
 
 class _Stop(Exception):
     """Raised inside the TaskGroup to end it in order."""
-
-
-async def _guarded(name: str, run: Callable[[], Awaitable[None]], state: RuntimeState) -> None:
-    """Run an optional service; its crash is logged and retried, never the agent's end."""
-    attempt = 0
-    while True:
-        try:
-            await run()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            attempt += 1
-            delay = min(60.0, 2.0**attempt)
-            log.exception(
-                "%s failed: %s; restarting it in %.0fs", name, e, extra={"event": f"{name}-crashed"}
-            )
-            state.problem(name, f"{name} failed: {e}")
-            await asyncio.sleep(delay)
 
 
 async def _first(*events: asyncio.Event, timeout: float) -> None:
@@ -101,26 +86,30 @@ class _Daemon:
         self.state = RuntimeState(device_id, machine_id, utcnow())
         self.bus = Bus(cfg.nats, name=f"harmony-agent {device_id}", on_change=self._bus_changed)
         self.announcer = Announcer(cfg, self.bus, self.state)
-        self.logs: Any = None
-        self.upgrade: Any = None
-        if cfg.logs.enabled:
-            from agent.logs import LogsService
-
-            self.logs = LogsService(cfg, device_id, self.bus)
-        if cfg.upgrade.enabled:
-            from agent.upgrade import UpgradeService
-
-            self.upgrade = UpgradeService(cfg, device_id, self.bus)
-        self.heartbeat = HeartbeatService(cfg, self.bus, self.state, self.summaries)
+        self.heartbeat = HeartbeatService(
+            cfg, self.bus, self.state, self.summaries, boot_id=read_boot_id()
+        )
+        # Off in the config at start: not run at all (a restart turns them on).
+        self.logs = LogsService(cfg, device_id, self.bus) if cfg.logs.enabled else None
+        self.upgrade = UpgradeService(cfg, device_id, self.bus) if cfg.upgrade.enabled else None
         self.stop = asyncio.Event()
         self.reload = asyncio.Event()
         self.ready_sent = False
         self._last_status = ""
-        self._last_health: dict[str, Any] = {}
+        self._last_health: dict[str, object] = {}
         self._health_written = 0.0
 
     def _bus_changed(self, _: BusState) -> None:
         self.state.changed.set()
+
+    def services(self) -> list[Service[object]]:
+        """The services that run, in start order."""
+        out: list[Service[object]] = [self.announcer, self.heartbeat]
+        if self.logs is not None:
+            out.append(self.logs)
+        if self.upgrade is not None:
+            out.append(self.upgrade)
+        return out
 
     def summaries(self) -> tuple[LogsSummary | None, UpgradeSummary | None]:
         logs = self.logs.summary() if self.logs is not None else None
@@ -152,7 +141,7 @@ class _Daemon:
         line = status_line(h, h.updated_at)
         key = h.model_dump(exclude={"updated_at"})
         now = time.monotonic()
-        if force or key != self._last_health or now - self._health_written >= HEALTH_REFRESH_S:
+        if force or key != self._last_health or now - self._health_written >= _HEALTH_REFRESH_S:
             try:
                 write_health(self.cfg.agent.health_file, h)
             except OSError as e:
@@ -187,11 +176,8 @@ class _Daemon:
         old = self.cfg
         self.cfg = new.model_copy(update={"nats": old.nats})
         setup_logging(self.state.device_id, new.agent.log_level)
-        self.announcer.reconfigure(self.cfg)
-        self.heartbeat.reconfigure(self.cfg)
-        for svc in (self.logs, self.upgrade):
-            if svc is not None and hasattr(svc, "reconfigure"):
-                svc.reconfigure(self.cfg)
+        for svc in self.services():
+            svc.reconfigure(self.cfg)
         log.info("config reloaded from %s", self.cfg_path, extra={"event": "config-reloaded"})
 
     async def supervise(self, readies: list[asyncio.Event]) -> None:
@@ -207,11 +193,14 @@ class _Daemon:
             self.state.device_id,
             extra={"event": "started"},
         )
-        tick = min(TICK_S, wd) if wd else TICK_S
+        tick = min(_TICK_S, wd) if wd else _TICK_S
         while not self.stop.is_set():
             if self.reload.is_set():
                 self.reload.clear()
+                self.notifier.reloading()
                 self.do_reload()
+                self.publish_health(force=True)
+                self.notifier.ready(self._last_status or "reloaded")
             self.publish_health()
             if wd is not None:
                 # The watchdog must prove the heartbeat loop turns, not just this one.
@@ -220,7 +209,7 @@ class _Daemon:
                     self.notifier.watchdog()
             self.state.changed.clear()
             await _first(self.stop, self.state.changed, self.reload, timeout=tick)
-        _arm_hard_exit(STOP_HARD_S)
+        _arm_hard_exit(_STOP_HARD_S)
         raise _Stop
 
     async def main(self) -> int:
@@ -230,10 +219,15 @@ class _Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
         readies: list[asyncio.Event] = []
 
-        def ready_event() -> Callable[[], None]:
+        def started_of(name: str) -> Callable[[], None]:
             ev = asyncio.Event()
             readies.append(ev)
-            return ev.set
+
+            def started() -> None:
+                ev.set()
+                self.state.problem(f"service:{name}", None)  # (re)started: no longer failed
+
+            return started
 
         tasks: list[asyncio.Task[None]] = []
 
@@ -245,21 +239,21 @@ class _Daemon:
             for t in pending:
                 t.cancel()
             if pending:
-                loop.call_later(RECANCEL_S, recancel)
+                loop.call_later(_RECANCEL_S, recancel)
 
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks.append(tg.create_task(self.bus.run(), name="bus"))
-                tasks.append(tg.create_task(self.announcer.run(ready_event()), name="announce"))
-                tasks.append(tg.create_task(self.heartbeat.run(ready_event()), name="heartbeat"))
-                for name, svc in (("logs", self.logs), ("upgrade", self.upgrade)):
-                    if svc is not None:
-                        r = ready_event()
-                        run = _guarded(name, partial(svc.run, r), self.state)
-                        tasks.append(tg.create_task(run, name=name))
+                for svc in self.services():
+                    run = retrying(
+                        svc.name,
+                        partial(svc.run, started_of(svc.name)),
+                        on_error=partial(self.state.problem, f"service:{svc.name}"),
+                    )
+                    tasks.append(tg.create_task(run, name=svc.name))
                 sup = tg.create_task(self.supervise(readies), name="supervise")
                 # However the group ends (stop, or a task's crash), make sure it does end.
-                sup.add_done_callback(lambda _: loop.call_later(RECANCEL_S, recancel))
+                sup.add_done_callback(lambda _: loop.call_later(_RECANCEL_S, recancel))
         except* _Stop:
             pass
         await self.shutdown()
@@ -267,8 +261,12 @@ class _Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.stopping("stopping: sending a last heartbeat")
-        deadline = time.monotonic() + STOP_BUDGET_S
-        sent = await self.heartbeat.send("stopping", timeout=2.0)
+        deadline = time.monotonic() + _STOP_BUDGET_S
+        try:
+            sent = await self.heartbeat.send("stopping", timeout=2.0)
+        except Exception:  # a device file that cannot be read: still stop in order
+            log.exception("the last heartbeat could not be built", extra={"event": "stopping"})
+            sent = False
         log.info(
             "stopping (last heartbeat %s)",
             "acknowledged" if sent else "not delivered",

@@ -3,7 +3,8 @@
 A heartbeat only counts as acknowledged when JetStream acked the KV write; that
 time goes to the runtime state (and from there to the health file that the
 self-upgrade trusts). Writes that fail while NATS is away are dropped, not
-queued: the next one carries the current state.
+queued: the next one carries the current state. Anything else that breaks the
+loop (a device file that cannot be read) is retried by `agent.service.retrying`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import time
 from collections.abc import Callable
 
 from agent.config import Config
-from agent.deviceinfo import read_boot_id
 from agent.runtime import RuntimeState
+from agent.service import retrying
 from agent.version import __version__
 from harmony_core.bus import Bus
 from harmony_core.contracts import Heartbeat, Load, LogsSummary, UpgradeSummary, dump_json, utcnow
@@ -49,13 +50,25 @@ def _load() -> Load:
 
 
 class HeartbeatService:
-    def __init__(self, cfg: Config, bus: Bus, state: RuntimeState, summaries: Summaries) -> None:
+    """The heartbeat loop, a daemon `Service`; its acks go to the RuntimeState."""
+
+    name = "heartbeat"
+
+    def __init__(
+        self,
+        cfg: Config,
+        bus: Bus,
+        state: RuntimeState,
+        summaries: Summaries,
+        *,
+        boot_id: str,
+    ) -> None:
         self._cfg = cfg
         self._bus = bus
         self._state = state
         self._summaries = summaries
         self._seq = 0
-        self._boot_id = read_boot_id()
+        self._boot_id = boot_id
         self._wake = asyncio.Event()
         bus.on_reconnect(self._wake.set)
 
@@ -65,9 +78,11 @@ class HeartbeatService:
         if changed:
             self._wake.set()
 
-    def build(self, state: str = "running") -> Heartbeat:
-        import psutil
+    def summary(self) -> None:
+        """Nothing of its own: the last acknowledged heartbeat is in the RuntimeState."""
+        return None
 
+    def build(self, state: str = "running") -> Heartbeat:
         self._seq += 1
         logs, upgrade = self._summaries()
         return Heartbeat(
@@ -77,7 +92,7 @@ class HeartbeatService:
             sent_at=utcnow(),
             interval_s=self._cfg.heartbeat.interval,
             boot_id=self._boot_id,
-            uptime_s=round(time.time() - psutil.boot_time(), 1),
+            uptime_s=round(time.clock_gettime(time.CLOCK_BOOTTIME), 1),
             agent_uptime_s=round(time.monotonic() - self._state.started_mono, 3),
             state="stopping" if state == "stopping" else "running",
             load=_load(),
@@ -116,11 +131,15 @@ class HeartbeatService:
         self._state.changed.set()
         return True
 
-    async def run(self, ready: Callable[[], None]) -> None:
+    async def run(self, started: Callable[[], None]) -> None:
+        """Beat until cancelled; `started()` at once (never gated on NATS)."""
+        started()
+        await retrying(self.name, self._beat_forever)
+
+    async def _beat_forever(self) -> None:
         import psutil
 
         psutil.cpu_percent(interval=None)  # prime: the first reading is otherwise 0
-        ready()
         while True:
             self._state.heartbeat_alive_at = time.monotonic()
             if self._state.owned:  # not yet claimed, or another machine's: say nothing

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["journal_wanted", "set_device_id", "setup_logging"]
+__all__ = ["journal_wanted", "setup_logging"]
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -89,11 +89,3 @@ def setup_logging(device_id: str, level: str = "info") -> None:
     root.addHandler(handler)
     # nats-py logs reconnect noise at ERROR on its own logger; keep it quiet, we report it.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
-
-
-def set_device_id(device_id: str) -> None:
-    for h in logging.getLogger("agent").handlers:
-        if isinstance(h, _JournalHandler):
-            h.device_id = device_id
-        elif isinstance(h.formatter, _StderrFormatter):
-            h.formatter.device_id = device_id

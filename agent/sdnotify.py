@@ -1,9 +1,13 @@
-"""sd_notify(3) over NOTIFY_SOCKET, without libsystemd: READY, STATUS, WATCHDOG, STOPPING."""
+"""sd_notify(3) over NOTIFY_SOCKET, without libsystemd.
+
+READY, RELOADING (then READY again), STATUS, WATCHDOG and STOPPING.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 __all__ = ["Notifier", "watchdog_interval"]
 
@@ -49,7 +53,8 @@ class Notifier:
         self.send(stopping=1, status=status)
 
     def reloading(self) -> None:
-        self.send(reloading=1)
+        """RELOADING=1, stamped with CLOCK_MONOTONIC as sd_notify(3) asks; READY=1 ends it."""
+        self.send(reloading=1, monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
 
     def close(self) -> None:
         if self._sock is not None:

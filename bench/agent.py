@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import Config, NatsSection
+from agent.deviceinfo import read_boot_id
 from agent.health import read_health
 from agent.heartbeat import HeartbeatService
 from agent.runtime import RuntimeState
@@ -307,7 +308,7 @@ async def _rates(url: str, seconds: float) -> Rates:
     try:
         state = RuntimeState("bench-hb", "bench-machine", utcnow())
         state.owned = True
-        svc = HeartbeatService(cfg, bus, state, lambda: (None, None))
+        svc = HeartbeatService(cfg, bus, state, lambda: (None, None), boot_id=read_boot_id())
         payload = dump_json(svc.build())
 
         async def loop(step: Callable[[], object]) -> float:

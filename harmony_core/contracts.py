@@ -1,4 +1,4 @@
-"""The wire payloads of contract v1 (shared/docs/contract.md §3), as pydantic models.
+"""The wire payloads of contract v1 (docs/contract.md §3), as pydantic models.
 
 Every payload is a UTF-8 JSON object with ``schema_version: 1``; timestamps are
 RFC 3339 UTC with ``Z``. Readers ignore fields they do not know, so a newer
@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
 __all__ = [
+    "MAX_CONFIRM_WINDOW_S",
     "SCHEMAS",
     "SCHEMA_VERSION",
     "Artifact",
@@ -36,12 +37,14 @@ __all__ = [
     "NatsHealth",
     "NetworkInterface",
     "OsInfo",
+    "Timestamp",
     "UpgradePhase",
     "UpgradeRequest",
     "UpgradeStatus",
     "UpgradeSummary",
     "dump_json",
     "format_ts",
+    "render_schemas",
     "utcnow",
 ]
 
@@ -61,6 +64,12 @@ def format_ts(value: datetime) -> str:
 
 Timestamp = Annotated[
     datetime,
+    PlainSerializer(format_ts, return_type=str, when_used="json"),
+    Field(json_schema_extra={"format": "date-time"}),
+]
+# Signed input says its timezone: a naive time cannot be compared with the device's clock.
+_AwareTimestamp = Annotated[
+    AwareDatetime,
     PlainSerializer(format_ts, return_type=str, when_used="json"),
     Field(json_schema_extra={"format": "date-time"}),
 ]
@@ -232,19 +241,36 @@ class Artifact(_Model):
     size: int = Field(gt=0)
 
 
+# The longest confirm window a request may ask for: the switch watches (and holds the
+# old release) that long, so an endless or absurd one is refused, not obeyed.
+MAX_CONFIRM_WINDOW_S = 24 * 3600
+
+
 class UpgradeRequest(_Payload):
     """The signed payload inside the DSSE envelope at `agent-upgrade/<device_id>`."""
 
     request_id: str = Field(min_length=1, max_length=128)
     device_id: str
-    target_version: str
+    # Checked by the manifest checks (harmony_core.versions), so a refusal names the request.
+    target_version: str = Field(
+        description="A release version: Debian native, ordered as dpkg orders it "
+        "(1.4.0, 1.5.0~rc.1 < 1.5.0 < 1.5.0+hotfix1).",
+    )
     arch: str
     artifact: Artifact
-    issued_at: Timestamp
-    expires_at: Timestamp
-    confirm_window_s: float | None = None
+    issued_at: _AwareTimestamp = Field(description="With its timezone (RFC 3339).")
+    expires_at: _AwareTimestamp = Field(description="With its timezone (RFC 3339).")
+    confirm_window_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_CONFIRM_WINDOW_S,
+        allow_inf_nan=False,
+        description="Seconds the new version must stay healthy, at most a day; "
+        "absent: the device's [upgrade] confirm_window.",
+    )
     allow_downgrade: bool = False
-    # Ask again for a digest that rolled back before (ADR-022 §7: only explicitly).
+    # Ask again for a digest that rolled back before (ADR-022 §7: only explicitly). An
+    # addition within schema_version 1: absent means False, older readers ignore it.
     retry_rolled_back: bool = False
 
 

@@ -3,6 +3,11 @@
 https://github.com/secure-systems-lab/dsse/blob/master/protocol.md — the
 signature covers PAE(payloadType, payload), never the JSON around it, so a
 re-serialised envelope still verifies and a changed payload type does not.
+
+Anyone who may write the request key can hand us an envelope, so what one
+costs is bounded before any cryptography: at most MAX_ENVELOPE_BYTES, at most
+MAX_SIGNATURES signatures, and a signature whose keyid names a trusted key is
+checked against that key alone (an unknown keyid is tried against each).
 """
 
 from __future__ import annotations
@@ -10,9 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
 
@@ -26,28 +30,40 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "MAX_SIGNATURES",
     "PAYLOAD_TYPE",
     "Verified",
+    "VerifyingKey",
     "keyid_of",
     "pae",
     "verify_envelope",
 ]
 
 PAYLOAD_TYPE = "application/vnd.harmony.agent-upgrade.v1+json"
-# An envelope larger than this is not ours; refuse before decoding anything.
+# An envelope larger than this is not ours; refuse before decoding anything. The one
+# limit: the agent's KV watch, the staged copy the root side reads, and verification.
 MAX_ENVELOPE_BYTES = 64 * 1024
+# One operator key signs; a few leave room for a key rotation. More are refused unread.
+MAX_SIGNATURES = 4
+_ED25519_SIGNATURE_BYTES = 64
+
+
+class VerifyingKey(Protocol):
+    """What verification needs of a trusted key (an Ed25519PublicKey is one)."""
+
+    def verify(self, signature: bytes, data: bytes, /) -> None:
+        """Return if `signature` over `data` is good; raise InvalidSignature if not."""
 
 
 class Verified:
     """A request whose signature checked out, with the key that signed it."""
 
-    __slots__ = ("keyid", "raw", "request")
+    __slots__ = ("keyid", "request")
 
-    def __init__(self, request: UpgradeRequest, keyid: str, raw: dict[str, Any]) -> None:
+    def __init__(self, request: UpgradeRequest, keyid: str) -> None:
         self.request = request
         self.keyid = keyid
-        # The signed payload as a dict, for fields newer than this reader's model.
-        self.raw = raw
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -71,13 +87,19 @@ def _b64(text: str, what: str) -> bytes:
         raise UpgradeRejectedError(f"{what} is not valid base64") from e
 
 
-def verify_envelope(data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Verified:
+def _problems(e: ValidationError) -> str:
+    """A pydantic error as one line: `field: message; ...`."""
+    parts = [f"{'.'.join(map(str, err['loc'])) or 'payload'}: {err['msg']}" for err in e.errors()]
+    return "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
+
+
+def verify_envelope(data: bytes, keys: Mapping[str, VerifyingKey]) -> Verified:
     """The request in `data` if one signature by a key in `keys` verifies.
 
     Raises UpgradeRejectedError with a reason a person understands otherwise.
+    At most MAX_SIGNATURES x len(keys) verifications, none for an envelope
+    that is too large or carries too many signatures.
     """
-    from cryptography.exceptions import InvalidSignature
-
     if len(data) > MAX_ENVELOPE_BYTES:
         raise UpgradeRejectedError(f"the envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
     try:
@@ -86,6 +108,11 @@ def verify_envelope(data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Verifi
         raise UpgradeRejectedError("not a DSSE envelope (invalid JSON or missing fields)") from e
     if env.payloadType != PAYLOAD_TYPE:
         raise UpgradeRejectedError(f"payload type {env.payloadType!r} is not {PAYLOAD_TYPE!r}")
+    if len(env.signatures) > MAX_SIGNATURES:
+        raise UpgradeRejectedError(
+            f"the envelope carries {len(env.signatures)} signatures; "
+            f"at most {MAX_SIGNATURES} are accepted"
+        )
     if not keys:
         raise UpgradeRejectedError(
             "no trusted keys: put the operator's Ed25519 public key (*.pub) in trusted_keys_dir"
@@ -94,29 +121,39 @@ def verify_envelope(data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Verifi
     message = pae(env.payloadType, body)
     signer: str | None = None
     for s in env.signatures:
-        sig = _b64(s.sig, "a signature")
-        # A keyid hint that names a trusted key is tried first; an unknown or empty
-        # hint still gets every key, because keyids are hints, not authority (DSSE).
-        order = [s.keyid] if s.keyid in keys else []
-        order += [k for k in keys if k != s.keyid]
-        for kid in order:
-            try:
-                keys[kid].verify(sig, message)
-            except InvalidSignature:
-                continue
-            signer = kid
-            break
-        if signer:
+        if signer := _signer(s.keyid, _b64(s.sig, "a signature"), message, keys):
             break
     if signer is None:
         raise UpgradeRejectedError(
             "no signature by a trusted key (tampered request, or signed by an unknown key)"
         )
     try:
-        raw = json.loads(body)
-        request = UpgradeRequest.model_validate(raw)
-    except (ValidationError, ValueError) as e:
+        request = UpgradeRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise UpgradeRejectedError(
+            f"the signed payload is not an UpgradeRequest: {_problems(e)}"
+        ) from e
+    except ValueError as e:
         raise UpgradeRejectedError(f"the signed payload is not an UpgradeRequest: {e}") from e
-    if not isinstance(raw, dict):  # pragma: no cover - model_validate already refused
-        raise UpgradeRejectedError("the signed payload is not a JSON object")
-    return Verified(request, signer, raw)
+    return Verified(request, signer)
+
+
+def _signer(
+    keyid: str, sig: bytes, message: bytes, keys: Mapping[str, VerifyingKey]
+) -> str | None:
+    """The keyid of the trusted key that made `sig`, or None.
+
+    A keyid naming a trusted key binds the signature to that key; DSSE makes keyids
+    optional, so an unknown or empty one is tried against every key.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    if len(sig) != _ED25519_SIGNATURE_BYTES:
+        return None  # not an Ed25519 signature: no key could have made it
+    for kid in [keyid] if keyid in keys else keys:
+        try:
+            keys[kid].verify(sig, message)
+        except InvalidSignature:
+            continue
+        return kid
+    return None

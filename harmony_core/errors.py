@@ -10,7 +10,9 @@ __all__ = [
     "ConfigError",
     "DeviceConflictError",
     "JournalError",
+    "ObjectMissingError",
     "RevisionMismatchError",
+    "UnknownDeviceError",
     "UpgradeError",
     "UpgradeRejectedError",
 ]
@@ -54,6 +56,15 @@ class BucketMissingError(BusError):
         )
 
 
+class ObjectMissingError(BusError):
+    """An object store exists but lacks the object asked for."""
+
+    def __init__(self, bucket: str, name: str) -> None:
+        self.bucket = bucket
+        self.name = name
+        super().__init__(f"object {name!r} is not in object store {bucket!r}")
+
+
 class DeviceConflictError(BusError):
     """Another machine already owns this device id in `device-info`."""
 
@@ -66,6 +77,14 @@ class DeviceConflictError(BusError):
             f"(this machine is {ours}); set a unique [agent] device_id, or run "
             f"`harmony-fleet forget {device_id}` if that machine was re-imaged"
         )
+
+
+class UnknownDeviceError(AgentError):
+    """The operator named a device NATS knows nothing of (no keys, no logs)."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        super().__init__(f'no device "{device_id}" (see harmony-fleet devices)')
 
 
 class JournalError(AgentError):

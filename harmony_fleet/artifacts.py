@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from harmony_core.errors import UpgradeError
+from harmony_core.versions import parse_version
 
 __all__ = ["ArtifactInfo", "artifact_name", "inspect_deb"]
 
@@ -63,7 +64,11 @@ def _control_fields(text: str) -> dict[str, str]:
 
 
 def inspect_deb(f: IO[bytes]) -> ArtifactInfo:
-    """Package, version, architecture, sha256 and size of the .deb in `f`."""
+    """Package, version, architecture, sha256 and size of the .deb in `f`.
+
+    UpgradeError unless its version is a release version (harmony_core.versions):
+    what devices would refuse, or order differently from dpkg, is never published.
+    """
     data = f.read()
     members = _ar_members(data)
     control = next((v for k, v in members.items() if k.startswith("control.tar")), None)
@@ -80,6 +85,10 @@ def inspect_deb(f: IO[bytes]) -> ArtifactInfo:
     missing = [k for k in ("Package", "Version", "Architecture") if not fields.get(k)]
     if missing:
         raise UpgradeError(f"the .deb's control file lacks {', '.join(missing)}")
+    try:
+        parse_version(fields["Version"])
+    except ValueError as e:
+        raise UpgradeError(f"the .deb's Version: {e}; rebuild it (make deb VERSION=...)") from e
     return ArtifactInfo(
         fields["Package"],
         fields["Version"],

@@ -21,8 +21,10 @@ from harmony_core.contracts import LogBatch, LogRecord
 from harmony_core.durations import parse_duration
 from harmony_core.journal_names import mangle_unit, priority_of
 from harmony_core.settings import NatsSection
+from harmony_fleet.devices import require_device
+from harmony_fleet.terminal import escape_controls
 
-__all__ = ["format_record", "parse_since", "record_matches", "register"]
+__all__ = ["format_record", "parse_priority", "parse_since", "record_matches", "register"]
 
 
 def parse_priority(text: str) -> int:
@@ -70,7 +72,10 @@ def record_matches(
 
 
 def format_record(rec: LogRecord, host: str, *, utc: bool = False) -> str:
-    """One line like journalctl's short output."""
+    """One line like journalctl's short output; control characters shown as escapes.
+
+    What a device sent never reaches the terminal raw (see `terminal`).
+    """
     when = datetime.fromtimestamp(rec.realtime_us / 1e6, UTC)
     if not utc:
         when = when.astimezone()
@@ -84,16 +89,18 @@ def format_record(rec: LogRecord, host: str, *, utc: bool = False) -> str:
         msg = ""
     if rec.truncated:
         msg += " [truncated]"
-    return f"{when.strftime('%b %d %H:%M:%S')} {host} {ident}{pid}: {msg}"
+    line = f"{when.strftime('%b %d %H:%M:%S')} {host} {ident}{pid}: {msg}"
+    return escape_controls(line)
 
 
-async def cmd_logs(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+async def _cmd_logs(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
     out: TextIO = sys.stdout
     units = {_unit(u) for u in args.unit or []}
     identifiers = set(args.identifier or [])
     start = args.since
     if start is None and args.follow:
         start = datetime.now(UTC)
+    await require_device(bus, n, args.device)
     subject = f"{n.logs_subject_prefix}.{args.device}"
     shown = 0
     async for data, _ts in bus.fetch_stream(
@@ -144,4 +151,4 @@ def register(
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-o", "--output", choices=["short", "json"], default="short")
     p.add_argument("--utc", action="store_true", help="times in UTC instead of local time")
-    p.set_defaults(func=cmd_logs)
+    p.set_defaults(func=_cmd_logs)

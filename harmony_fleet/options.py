@@ -6,9 +6,31 @@ import argparse
 import os
 from pathlib import Path
 
+from harmony_core.selectors import parse_selector
 from harmony_core.settings import NatsSection
 
-__all__ = ["add_nats_options", "nats_section"]
+__all__ = ["OPTION_OF_KEY", "add_nats_options", "nats_section", "selector_arg"]
+
+# The agent's [nats] key each option sets, for errors in the operator's words.
+OPTION_OF_KEY = {
+    "servers": "--server",
+    "creds_file": "--creds",
+    "nkey_seed_file": "--nkey",
+    "user": "--user",
+    "password_file": "--password-file",
+    "token_file": "--token-file",
+    "tls_ca_file": "--tls-ca",
+    "tls_cert_file": "--tls-cert",
+    "tls_key_file": "--tls-key",
+}
+
+
+def selector_arg(text: str) -> dict[str, str]:
+    """`-l key=value,...` as argparse reads it: a bad one is a usage error (exit 2)."""
+    try:
+        return parse_selector(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; write it like site=berlin,ring=canary") from e
 
 
 def add_nats_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:

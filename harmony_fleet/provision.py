@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from harmony_core.bus import Bus
 from harmony_core.settings import NatsSection
@@ -38,52 +37,25 @@ async def ensure_layout(
     log_max_age_s: int = LOG_MAX_AGE_S,
     log_max_bytes: int = LOG_MAX_BYTES,
 ) -> list[str]:
-    """Create what is missing, update the logs stream's limits; returns one line per item."""
-    import nats.js.errors as je
-    from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+    """Create what is missing, bring the logs stream's limits to these; one line per item.
 
-    js: Any = bus.js
+    Each line says what happened: created, exists, or updated (and what changed).
+    """
     done: list[str] = []
     for kv in _kvs(n):
-        try:
-            await js.key_value(kv.name)
-            done.append(f"KV {kv.name}: exists")
-        except je.BucketNotFoundError:
-            await js.create_key_value(
-                KeyValueConfig(
-                    bucket=kv.name,
-                    history=kv.history,
-                    description=kv.description,
-                    storage=StorageType.FILE,
-                )
-            )
-            done.append(f"KV {kv.name}: created")
-    try:
-        await js.object_store(n.artifacts_bucket)
-        done.append(f"object store {n.artifacts_bucket}: exists")
-    except (je.BucketNotFoundError, je.NotFoundError):
-        await js.create_object_store(
-            n.artifacts_bucket,
-            config=ObjectStoreConfig(
-                description="harmony-agent release artifacts (.deb)",
-                storage=StorageType.FILE,
-            ),
-        )
-        done.append(f"object store {n.artifacts_bucket}: created")
-    cfg = StreamConfig(
-        name=n.logs_stream,
+        did = await bus.ensure_kv(kv.name, history=kv.history, description=kv.description)
+        done.append(f"KV {kv.name}: {did}")
+    did = await bus.ensure_object_store(
+        n.artifacts_bucket, description="harmony-agent release artifacts (.deb)"
+    )
+    done.append(f"object store {n.artifacts_bucket}: {did}")
+    did = await bus.ensure_stream(
+        n.logs_stream,
         subjects=[f"{n.logs_subject_prefix}.>"],
         description="Journal lines of every device (harmony-agent LogBatch)",
-        max_age=float(log_max_age_s),
+        max_age_s=log_max_age_s,
         max_bytes=log_max_bytes,
-        storage=StorageType.FILE,
-        duplicate_window=float(_DUPLICATE_WINDOW_S),
+        duplicate_window_s=_DUPLICATE_WINDOW_S,
     )
-    try:
-        await js.stream_info(n.logs_stream)
-        await js.update_stream(cfg)
-        done.append(f"stream {n.logs_stream}: exists (limits updated)")
-    except je.NotFoundError:
-        await js.add_stream(cfg)
-        done.append(f"stream {n.logs_stream}: created")
+    done.append(f"stream {n.logs_stream}: {did}")
     return done

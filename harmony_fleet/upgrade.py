@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from harmony_core.bus import Bus, KvEntry
 from harmony_core.contracts import (
+    MAX_CONFIRM_WINDOW_S,
     Artifact,
     DeviceInfo,
     UpgradeRequest,
@@ -26,12 +27,16 @@ from harmony_core.contracts import (
 )
 from harmony_core.durations import parse_duration
 from harmony_core.envelope import keyid_of
-from harmony_core.errors import UpgradeError
-from harmony_core.selectors import match_labels, parse_selector
+from harmony_core.errors import ObjectMissingError, UpgradeError
+from harmony_core.selectors import match_labels
 from harmony_core.settings import NatsSection
+from harmony_core.versions import parse_version
 from harmony_fleet.artifacts import ArtifactInfo, artifact_name, inspect_deb
+from harmony_fleet.devices import require_device
 from harmony_fleet.keys import load_signing_key, private_pem, public_pem
+from harmony_fleet.options import selector_arg
 from harmony_fleet.signing import sign_request
+from harmony_fleet.terminal import escape_controls
 
 __all__ = ["TERMINAL_PHASES", "register", "status_row"]
 
@@ -46,10 +51,28 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _confirm_window(text: str) -> float:
+    seconds = _duration(text)
+    if not 0 < seconds <= MAX_CONFIRM_WINDOW_S:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a confirm window is longer than 0s and at most 24h (devices refuse others)"
+        )
+    return seconds
+
+
+def _release_version(text: str) -> str:
+    """A version devices accept and order as dpkg does (harmony_core.versions)."""
+    try:
+        parse_version(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
+
+
 # --- keygen -------------------------------------------------------------------
 
 
-async def cmd_keygen(args: argparse.Namespace, bus: Bus | None, n: NatsSection | None) -> int:
+async def _cmd_keygen(args: argparse.Namespace, bus: Bus | None, n: NatsSection | None) -> int:
     prefix = Path(args.out)
     key_path, pub_path = prefix.with_suffix(".key"), prefix.with_suffix(".pub")
     for p in (key_path, pub_path):
@@ -70,7 +93,7 @@ async def cmd_keygen(args: argparse.Namespace, bus: Bus | None, n: NatsSection |
 # --- publish-artifact ------------------------------------------------------------
 
 
-async def cmd_publish(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+async def _cmd_publish(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
     path = Path(args.file)
     with open(path, "rb") as f:
         info = inspect_deb(f)
@@ -114,9 +137,9 @@ async def _artifact(bus: Bus, n: NatsSection, version: str, arch: str) -> Artifa
     name = artifact_name(version, arch)
     try:
         await bus.object_download(n.artifacts_bucket, name, buf)
-    except Exception as e:
+    except ObjectMissingError as e:
         raise UpgradeError(
-            f"artifact {n.artifacts_bucket}/{name} cannot be read ({e or type(e).__name__}); "
+            f"artifact {n.artifacts_bucket}/{name} is not published; "
             f"publish it first: harmony-fleet publish-artifact {name}"
         ) from e
     buf.seek(0)
@@ -135,19 +158,22 @@ async def _targets(args: argparse.Namespace, bus: Bus, n: NatsSection) -> dict[s
         except ValidationError:
             continue
     if args.selector is not None:
-        sel = parse_selector(args.selector)
+        sel = args.selector
         return {d: i.arch for d, i in sorted(infos.items()) if match_labels(sel, i.labels)}
     return {d: (infos[d].arch if d in infos else None) for d in args.devices}
 
 
-async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+async def _cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
     if bool(args.devices) == (args.selector is not None):
         print("harmony-fleet: name devices or give -l SELECTOR (one of them)", file=sys.stderr)
         return 2
     key = load_signing_key(Path(args.key))
     targets = await _targets(args, bus, n)
     if not targets:
-        print("harmony-fleet: no device matches", file=sys.stderr)
+        print(
+            "harmony-fleet: no device matches the selector (see harmony-fleet devices)",
+            file=sys.stderr,
+        )
         return 1
     artifacts: dict[str, ArtifactInfo] = {}
     rc = 0
@@ -156,7 +182,8 @@ async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int
         arch = arch or args.arch
         if arch is None:
             print(
-                f"{device}: skipped: no DeviceInfo to tell its arch (pass --arch)", file=sys.stderr
+                escape_controls(f"{device}: skipped: no DeviceInfo to tell its arch (pass --arch)"),
+                file=sys.stderr,
             )
             rc = 1
             continue
@@ -177,7 +204,8 @@ async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int
         extra = {"retry_rolled_back": True} if args.retry_rolled_back else None
         env = sign_request(req, key, extra)
         await bus.kv_put(n.upgrade_bucket, device, env.model_dump_json().encode())
-        print(f"{device}: requested {args.version} ({a.name}), request {req.request_id}")
+        said = f"{device}: requested {args.version} ({a.name}), request {req.request_id}"
+        print(escape_controls(said))
     return rc
 
 
@@ -185,8 +213,11 @@ async def cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int
 
 
 def status_row(st: UpgradeStatus) -> tuple[str, ...]:
-    """One table row: device, phase, from→to, progress, reason, updated."""
-    return (
+    """One table row: device, phase, from→to, progress, reason, updated.
+
+    What the device wrote is shown with its control characters escaped (`terminal`).
+    """
+    row = (
         st.device_id,
         st.phase,
         f"{st.from_version or '?'}→{st.target_version or '?'}",
@@ -194,6 +225,7 @@ def status_row(st: UpgradeStatus) -> tuple[str, ...]:
         (st.reason or "").replace("\n", " "),
         format_ts(st.updated_at)[:19] + "Z",
     )
+    return tuple(escape_controls(c) for c in row)
 
 
 def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
@@ -211,8 +243,10 @@ def _parse_status(e: KvEntry) -> UpgradeStatus | None:
         return None
 
 
-async def cmd_status(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
+async def _cmd_status(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
     out = sys.stdout
+    if args.device:
+        await require_device(bus, n, args.device)
     key = args.device or ">"
     latest: dict[str, UpgradeStatus] = {}
     follow = args.follow or args.wait
@@ -265,7 +299,7 @@ def register(
         default="harmony-upgrade",
         help="path prefix: writes PREFIX.key (0600) and PREFIX.pub",
     )
-    k.set_defaults(func=cmd_keygen, needs_bus=False)
+    k.set_defaults(func=_cmd_keygen, needs_bus=False)
 
     p = sub.add_parser(
         "publish-artifact",
@@ -274,21 +308,28 @@ def register(
     )
     p.add_argument("file", help="the .deb (as built by `make deb`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_publish)
+    p.set_defaults(func=_cmd_publish)
 
     u = sub.add_parser(
         "upgrade", parents=parents, help="sign and send an upgrade request to devices"
     )
     u.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids")
-    u.add_argument("-l", "--selector", help="every device whose labels match key=value,...")
-    u.add_argument("--version", required=True, help="the version to run (published before)")
+    u.add_argument(
+        "-l", "--selector", type=selector_arg, help="every device whose labels match key=value,..."
+    )
+    u.add_argument(
+        "--version",
+        required=True,
+        type=_release_version,
+        help="the version to run (published before), e.g. 1.4.0 or 1.5.0~rc.1",
+    )
     u.add_argument("--key", required=True, help="the private key from `harmony-fleet keygen`")
     u.add_argument(
         "--confirm-window",
-        type=_duration,
+        type=_confirm_window,
         default=None,
         metavar="D",
-        help='how long the new version must stay healthy, e.g. "2m" '
+        help='how long the new version must stay healthy, e.g. "2m", at most "24h" '
         "(default: the device's [upgrade] confirm_window)",
     )
     u.add_argument("--allow-downgrade", action="store_true", help="allow an older version")
@@ -305,7 +346,7 @@ def register(
         help='the request is void after this long (default "1h")',
     )
     u.add_argument("--arch", help="arch of devices without DeviceInfo (amd64, arm64, ...)")
-    u.set_defaults(func=cmd_upgrade)
+    u.set_defaults(func=_cmd_upgrade)
 
     s = sub.add_parser(
         "upgrade-status",
@@ -321,4 +362,4 @@ def register(
         help="follow until every shown upgrade ended; exit 0 only if all committed",
     )
     s.add_argument("--json", action="store_true", help="one JSON object per line")
-    s.set_defaults(func=cmd_status)
+    s.set_defaults(func=_cmd_status)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,13 +13,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.health import read_health
 from harmony_core.bus import Bus
 from harmony_core.contracts import DeviceInfo, dump_json, utcnow
 from harmony_fleet.devices import list_devices
 from tests.agentproc import AgentProcess, kv_get_json, run_bus, write_config
 from tests.conftest import init_layout
-from tests.natsserver import NatsServer, free_port, wait_for
+from tests.natsserver import NatsServer, free_port, stop_process, wait_for
 
 
 def _hb(url: str, dev: str = "dev-test") -> dict[str, Any] | None:
@@ -304,9 +308,7 @@ def test_health_says_acknowledged_only_for_a_real_ack(
     """DeviceInfo can be written but the heartbeat bucket is missing: no ack is claimed."""
 
     async def only_device_info(bus: Bus) -> None:
-        from nats.js.api import KeyValueConfig
-
-        await bus.js.create_key_value(KeyValueConfig(bucket="device-info", history=1))
+        await bus.ensure_kv("device-info", history=1, description="only this one")
 
     run_bus(nats_server.url, only_device_info)
     cfg = write_config(tmp_path / "agent.toml", servers=[nats_server.url])
@@ -355,7 +357,7 @@ def test_status_info_and_watch_commands(nats_js: NatsServer, tmp_path: Path) -> 
     )
     assert not_running.returncode == 3 and "not running" in not_running.stderr
     watch = subprocess.Popen(
-        [sys.executable, "-m", "harmony_fleet.cli", "-s", nats_js.url, "watch", "--all", "--json"],
+        [sys.executable, "-m", "harmony_fleet.cli", "-s", nats_js.url, "watch", "--json"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -430,3 +432,86 @@ def test_sigterm_right_after_ready_exits_within_5s(nats_js: NatsServer, tmp_path
                     proc.wait()
     # The forced exit is the backstop, not the way: an orderly stop is the rule.
     assert forced <= 2, f"{forced} of 8 stops needed the forced exit"
+
+
+def test_sighup_says_reloading_then_ready(nats_js: NatsServer, tmp_path: Path) -> None:
+    """systemd's reload protocol (sd_notify(3)): RELOADING=1 with MONOTONIC_USEC, then READY=1,
+    for an accepted reload and for a rejected one alike."""
+    cfg = write_config(tmp_path / "agent.toml", servers=[nats_js.url], labels={"site": "a"})
+    agent = AgentProcess(cfg)
+
+    def reload_and_check(n: int) -> None:
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: len(agent.notified("RELOADING", "1")) >= n, 10, f"RELOADING=1 #{n}")
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        reloading = agent.notified("RELOADING", "1")[n - 1]
+        assert before <= int(reloading["MONOTONIC_USEC"]) <= after
+
+        def ready_after() -> bool:
+            msgs = list(agent.messages)
+            at = next(i for i, m in enumerate(msgs) if m is reloading)
+            return any(m.get("READY") == "1" for m in msgs[at + 1 :])
+
+        wait_for(ready_after, 10, f"READY=1 after RELOADING=1 #{n}")
+
+    try:
+        agent.wait_notify("READY", "1")
+        write_config(cfg, servers=[nats_js.url], labels={"site": "b"})
+        reload_and_check(1)
+        cfg.write_text(cfg.read_text() + "\nbogus_key = 1\n")
+        reload_and_check(2)
+        assert "config reload rejected" in agent.stderr()
+        assert agent.proc.poll() is None
+    finally:
+        agent.stop()
+
+
+def _can_bind_mount() -> bool:
+    return os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "mount"))
+
+
+@pytest.mark.skipif(not _can_bind_mount(), reason="needs root, unshare and mount")
+def test_os_release_that_is_not_utf8_never_ends_the_agent(
+    nats_js: NatsServer, tmp_path: Path
+) -> None:
+    """Issue 9 finding 7: the agent ran into a non-UTF-8 /etc/os-release right after connecting
+    and exited, every 5 s. It must stay up, publish DeviceInfo (OS unknown) and heartbeat."""
+    bad = tmp_path / "os-release"
+    bad.write_bytes(b'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian \xff\xfe GNU/Linux"\n')
+    cfg = write_config(tmp_path / "agent.toml", servers=[nats_js.url])
+    # A private mount namespace: this agent alone sees the bad file (both os-release paths,
+    # as /etc/os-release links to /usr/lib/os-release).
+    cmd = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /etc/os-release && exec "$@"',
+        str(bad),
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "-c",
+        str(cfg),
+        "run",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    stderr = tmp_path / "agent.stderr"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or (_hb(nats_js.url) or {}).get("seq", 0) >= 3,
+            20,
+            "three heartbeats (or the agent's end)",
+        )
+        assert proc.poll() is None, f"the agent ended: {stderr.read_text(errors='replace')}"
+        info = _info(nats_js.url)
+        assert info is not None
+        assert info[0]["os"] == {"id": "linux", "version_id": "", "pretty_name": "Linux"}
+        assert "os-release" in stderr.read_text(errors="replace")
+    finally:
+        stop_process(proc)

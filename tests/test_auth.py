@@ -251,6 +251,7 @@ def _tls_files(d: Path) -> dict[str, str]:
                 serialization.NoEncryption(),
             )
         )
+        out[f"{who}_key"].chmod(0o600)  # the agent refuses a private key every user may read
     return {k: str(v) for k, v in out.items()}
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.config import Config, check_files, label_problems, load_config, parse_config
+from agent.config import (
+    Config,
+    NatsSection,
+    check_files,
+    label_problems,
+    load_config,
+    parse_config,
+)
 from agent.config_doc import render_example
 from harmony_core.durations import format_duration, parse_duration
 from harmony_core.errors import ConfigError
@@ -68,6 +77,76 @@ def test_every_error_is_reported_at_once() -> None:
     assert len(found) == 4, found
 
 
+def test_cross_field_problems_come_with_the_field_errors() -> None:
+    # A pairing rule (user needs password_file) must not wait until the field errors are fixed.
+    found = problems("[nats]\nservers = ['http://x:1']\nuser = 'u'\n[agent]\ndevice_id = 'X'\n")
+    assert any(p.startswith("nats.servers[0]: not a NATS server URL") for p in found), found
+    assert any(p.startswith("agent.device_id:") for p in found), found
+    assert any(p.startswith("nats.user:") and "password_file" in p for p in found), found
+    assert len(found) == 3, found
+
+
+@pytest.mark.parametrize(
+    ("toml", "path", "says"),
+    [
+        ("user = 'u'\n", "nats.user", "password_file"),
+        ("password_file = '/p'\n", "nats.password_file", "user"),
+        ("creds_file = '/a'\ntoken_file = '/b'\n", "nats.token_file", "only one way"),
+        ("tls_cert_file = '/c'\n", "nats.tls_cert_file", "tls_key_file"),
+        ("tls_key_file = '/k'\n", "nats.tls_key_file", "tls_cert_file"),
+    ],
+)
+def test_each_cross_field_problem_names_its_key(toml: str, path: str, says: str) -> None:
+    found = problems("[nats]\nconnect_timeout = 5\n" + toml)
+    assert any(p.startswith("nats.connect_timeout:") for p in found), found
+    assert any(p.startswith(f"{path}: ") and says in p for p in found), found
+
+
+def test_a_bad_value_still_counts_as_set_for_the_pairing_rules() -> None:
+    found = problems("[nats]\nuser = 'u'\npassword_file = 'relative/pw'\n")
+    assert found == [
+        "nats.password_file: must be an absolute path (starting with /): the agent's working "
+        "directory is /, not the config file's directory (got 'relative/pw')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("agent", "state_dir"),
+        ("agent", "health_file"),
+        ("upgrade", "trusted_keys_dir"),
+        ("nats", "creds_file"),
+        ("nats", "nkey_seed_file"),
+        ("nats", "token_file"),
+        ("nats", "tls_ca_file"),
+    ],
+)
+def test_relative_paths_are_refused(section: str, key: str) -> None:
+    found = problems(f"[{section}]\n{key} = 'var/x'\n")
+    assert found == [
+        f"{section}.{key}: must be an absolute path (starting with /): the agent's working "
+        "directory is /, not the config file's directory (got 'var/x')"
+    ], found
+
+
+def test_code_may_still_pass_relative_paths() -> None:
+    # harmony-fleet --creds op.creds: relative to the operator's shell, not a config file.
+    assert str(NatsSection(creds_file=Path("op.creds")).creds_file) == "op.creds"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nats://alice:s3cret@nats.example:4222", "tls://s3cret@nats.example", "nats://a:s3cret@h"],
+)
+def test_credentials_in_server_urls_are_refused_without_echoing_them(url: str) -> None:
+    found = problems(f"[nats]\nservers = ['nats://ok:4222', '{url}']\n")
+    assert len(found) == 1, found
+    assert found[0].startswith("nats.servers[1]: ")
+    assert "user" in found[0] and "password_file" in found[0] and "token_file" in found[0]
+    assert "s3cret" not in found[0] and "alice" not in found[0]
+
+
 def test_defaults_match_the_contract() -> None:
     c = parse_config("")
     assert c.nats.servers == ["nats://127.0.0.1:4222"]
@@ -124,6 +203,75 @@ def test_missing_creds_file_is_named(tmp_path: Path) -> None:
     c = parse_config(f"[nats]\ncreds_file = '{tmp_path / 'device.creds'}'\n")
     (found,) = check_files(c)
     assert found.startswith("nats.creds_file:") and "device.creds" in found
+
+
+# Secrets: no one but the agent (and root) may read them; no one else may write any of them.
+_SECRETS = ("creds_file", "nkey_seed_file", "password_file", "token_file", "tls_key_file")
+
+
+def _nats_file(tmp_path: Path, key: str, mode: int) -> Config:
+    """A config naming one file of `mode` as `key` (with safe partners where one is needed)."""
+    files: dict[str, Any] = {key: tmp_path / key}
+    partner = {"tls_cert_file": "tls_key_file", "tls_key_file": "tls_cert_file"}.get(key)
+    if partner:
+        files[partner] = tmp_path / partner
+    for k, path in files.items():
+        path.write_text("secret\n")
+        path.chmod(mode if k == key else 0o600)
+    if key == "password_file":
+        files["user"] = "device"
+    return Config(nats=NatsSection.model_validate(files))
+
+
+@pytest.mark.parametrize("key", _SECRETS)
+@pytest.mark.parametrize("mode", [0o640, 0o600, 0o400], ids=oct)
+def test_private_secret_files_pass(tmp_path: Path, key: str, mode: int) -> None:
+    assert check_files(_nats_file(tmp_path, key, mode)) == []
+
+
+@pytest.mark.parametrize("key", _SECRETS)
+def test_a_world_readable_secret_is_reported(tmp_path: Path, key: str) -> None:
+    (found,) = check_files(_nats_file(tmp_path, key, 0o644))
+    assert found.startswith(f"nats.{key}: ")
+    assert "readable by every user" in found and "chmod 0640" in found
+
+
+@pytest.mark.parametrize("key", [*_SECRETS, "tls_ca_file", "tls_cert_file"])
+@pytest.mark.parametrize("mode", [0o660, 0o602], ids=oct)
+def test_a_credential_file_others_can_write_is_reported(
+    tmp_path: Path, key: str, mode: int
+) -> None:
+    (found,) = check_files(_nats_file(tmp_path, key, mode))
+    assert found.startswith(f"nats.{key}: ") and "writable by group or others" in found
+
+
+@pytest.mark.parametrize("key", ["tls_ca_file", "tls_cert_file"])
+def test_public_tls_files_may_be_world_readable(tmp_path: Path, key: str) -> None:
+    assert check_files(_nats_file(tmp_path, key, 0o644)) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_credential_file_owned_by_someone_else_is_reported(tmp_path: Path) -> None:
+    cfg = _nats_file(tmp_path, "creds_file", 0o640)
+    assert cfg.nats.creds_file is not None
+    os.chown(cfg.nats.creds_file, 54321, -1)
+    (found,) = check_files(cfg)
+    assert found.startswith("nats.creds_file: ") and "owned by uid 54321" in found
+
+
+def test_check_config_reports_an_insecure_secret(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    token.chmod(0o644)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"[agent]\ndevice_id = 'edge-1'\n[nats]\ntoken_file = '{token}'\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "-c", str(cfg), "check-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 78
+    assert f"nats.token_file: {str(token)!r} is readable by every user" in r.stderr, r.stderr
 
 
 def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:

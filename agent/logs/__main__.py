@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from agent.config import load_config
-from agent.identity import device_id_of, read_machine_id
 from agent.logs.service import LogsService
 from harmony_core.bus import Bus
 from harmony_core.contracts import dump_json
@@ -56,7 +55,11 @@ async def _until_idle(svc: LogsService, settle: float, times: dict[str, float]) 
 
 async def _main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    device_id = args.device_id or device_id_of(cfg, read_machine_id())
+    # Given, not derived from /etc/machine-id: the log shipper knows nothing of device info.
+    device_id = args.device_id or cfg.agent.device_id
+    if not device_id:
+        sys.stderr.write("python -m agent.logs: set [agent] device_id or pass --device-id\n")
+        return 2
     bus = Bus(cfg.nats, name=f"harmony-agent-logs {device_id}")
     svc = LogsService(cfg, device_id, bus)
     stop = asyncio.Event()
@@ -95,7 +98,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent.logs", description=__doc__)
     p.add_argument("-c", "--config", type=Path, required=True)
-    p.add_argument("--device-id")
+    p.add_argument("--device-id", help="default: [agent] device_id of the config")
     p.add_argument("--until-idle", action="store_true", help="exit once caught up and saved")
     p.add_argument("--settle", type=float, default=0.3, help="seconds idle before exiting")
     args = p.parse_args(argv)

@@ -6,6 +6,11 @@ want). It is a small JSON record with `schema_version`, replaced with temp
 file + fsync + rename + directory fsync, so a crash leaves the old one or the
 new one, never a torn one. Writes are coalesced: while one is on disk, newer
 cursors replace each other and only the newest is written next.
+
+Reading trusts nothing: a file that is too big, not JSON, of another shape or
+version, or whose cursor is not a plausible one is logged and treated as
+absent (start by `start_at`). A plausible cursor libsystemd still refuses is
+the pump's to handle (a gap record, then `start_at`).
 """
 
 from __future__ import annotations
@@ -17,12 +22,35 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.health import atomic_write
+from agent.durable import atomic_write, read_bounded
 from harmony_core.contracts import format_ts, utcnow
 
 __all__ = ["CursorStore", "SavedCursor"]
 
 log = logging.getLogger("agent.logs")
+
+# A cursor file is ~250 bytes; a journal cursor ~150 characters of printable ASCII.
+_MAX_FILE = 4096
+_MAX_CURSOR = 1024
+
+
+def _parse(data: bytes) -> tuple[str, int | None]:
+    """(cursor, realtime µs) of a v1 cursor record; ValueError saying what is wrong."""
+    try:
+        raw = json.loads(data)
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    version, cur, rt = raw.get("schema_version"), raw.get("cursor"), raw.get("realtime_us")
+    if type(version) is not int or version != 1:
+        raise ValueError(f"schema_version {version!r:.20}, not 1")
+    if not isinstance(cur, str) or not cur:
+        raise ValueError("no cursor string")
+    if len(cur) > _MAX_CURSOR or not (cur.isascii() and cur.isprintable()) or " " in cur:
+        raise ValueError("the cursor is not a journal cursor (too long, or odd characters)")
+    # bool is an int too; a negative or float time is no journal time either.
+    return cur, rt if type(rt) is int and rt >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -45,14 +73,10 @@ class CursorStore:
     def load(self) -> SavedCursor | None:
         """The saved cursor, or None (absent or unreadable: logged, then treated as absent)."""
         try:
-            raw = json.loads(self.path.read_bytes())
-            cur = raw["cursor"]
-            rt = raw.get("realtime_us")
-            if raw.get("schema_version") != 1 or not isinstance(cur, str) or not cur:
-                raise ValueError("not a v1 cursor record")
+            cur, rt = _parse(read_bounded(self.path, _MAX_FILE))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError) as e:
             log.warning(
                 "ignoring unreadable cursor file %s (%s); starting by [logs] start_at",
                 self.path,
@@ -60,7 +84,7 @@ class CursorStore:
                 extra={"event": "logs-cursor-unreadable"},
             )
             return None
-        saved = SavedCursor(cur, rt if isinstance(rt, int) else None)
+        saved = SavedCursor(cur, rt)
         self._written = saved
         return saved
 

@@ -4,6 +4,10 @@ All per-line work (read, rate limit, encode, batch) happens here, so the event
 loop only publishes whole batches. The handoff is bounded by `slots` (batches
 read but not yet acknowledged): when NATS is away nothing is acknowledged, the
 slots run out and the pump stops reading. The journal is the buffer.
+
+Batches stay under `batch_max_bytes` and, once the bus knows it, the server's
+max_payload (less room for headers); the shipper splits any batch built before
+that was known.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from dataclasses import dataclass
 from agent.config import LogsSection
 from agent.logs.cursor import SavedCursor
 from agent.logs.filters import Filters
+from agent.logs.fit import HEADER_ROOM
 from agent.logs.ratelimit import DropTally, RateLimiter
 from agent.logs.reader import Entry, JournalReader
 from agent.logs.records import (
+    GAP_PREFIX,
     Encoder,
     batch_json,
     cursor_realtime_us,
@@ -29,7 +35,7 @@ from agent.logs.records import (
 )
 from harmony_core.errors import JournalError
 
-__all__ = ["Batch", "Pump", "filters_of", "msg_id"]
+__all__ = ["CHECKPOINT_EVERY_S", "MAP_BUDGET", "Batch", "Pump", "filters_of", "msg_id"]
 
 log = logging.getLogger("agent.logs")
 
@@ -55,15 +61,24 @@ def msg_id(first_key: str, last_key: str) -> str:
 
 @dataclass(frozen=True)
 class Batch:
-    """One LogBatch payload (or, with payload None, only a checkpoint) and what acking it saves."""
+    """One LogBatch payload (or, with payload None, only a checkpoint) and what acking it saves.
+
+    `commit` is None for a batch that moves the saved cursor nowhere (the gap
+    record of a saved cursor that was no journal position at all).
+    """
 
     payload: bytes | None
     msg_id: str | None
     lines: int
     records: int
     gaps: int
-    commit: SavedCursor
+    commit: SavedCursor | None
     oldest_us: int | None
+
+
+def _nbytes(text: str) -> int:
+    """UTF-8 size of `text` (isascii is O(1) in CPython: most lines cost nothing more)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 class _Builder:
@@ -98,7 +113,7 @@ class _Builder:
             self.first_key = key
             self.started = now
         self.records.append(text)
-        self.size += len(text) + 1
+        self.size += _nbytes(text) + 1
         self.last_key = key
         if line:
             self.lines += 1
@@ -106,14 +121,13 @@ class _Builder:
                 self.oldest_us = realtime_us
 
     def take(self) -> Batch:
-        assert self.commit_at is not None
         b = Batch(
             batch_json(self.device_id, self.records) if self.records else None,
             msg_id(self.first_key, self.last_key) if self.records else None,
             self.lines,
             len(self.records),
             self.gaps,
-            SavedCursor(*self.commit_at),
+            SavedCursor(*self.commit_at) if self.commit_at is not None else None,
             self.oldest_us,
         )
         self.reset()
@@ -130,8 +144,10 @@ class Pump:
         start: SavedCursor | None,
         handoff: Callable[[Batch], bool],
         stop: threading.Event,
+        max_payload: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.cfg = cfg
+        self.max_payload = max_payload
         self.start = start
         self.handoff = handoff
         self.stop = stop
@@ -155,15 +171,27 @@ class Pump:
 
     # --- positioning -------------------------------------------------------------
 
+    def _batch_bytes(self) -> int:
+        """How big the next batch may be: batch_max_bytes, and the server's max_payload."""
+        limit = self.max_payload()
+        if limit is None:
+            return self.cfg.batch_max_bytes
+        return max(1, min(self.cfg.batch_max_bytes, limit - HEADER_ROOM))
+
     def _position(self) -> None:
         r = self.reader
         r.open()
+        self.builder.max_bytes = self._batch_bytes()
         if self.start is None:
             r.seek_start(self.cfg.start_at)
             log.info("logs: no saved cursor; starting at %s", self.cfg.start_at)
             return
         cur = self.start.cursor
-        there, next_us = r.exists(cur)
+        try:
+            there, next_us = r.exists(cur)
+        except ValueError as e:  # libsystemd: "Invalid cursor" (or a NUL in it)
+            self._start_over(e)
+            return
         if not there:
             from_us = self.start.realtime_us or cursor_realtime_us(cur)
             log.warning(
@@ -182,6 +210,29 @@ class Pump:
             self.builder.gaps += 1
             self.builder.commit_at = (cur, self.start.realtime_us)
         r.seek_after(cur)
+
+    def _start_over(self, e: ValueError) -> None:
+        """The saved cursor is no journal position: say so (a gap), start by `start_at`."""
+        assert self.start is not None
+        cur, at = self.start.cursor, self.cfg.start_at
+        log.warning(
+            "logs: the saved cursor %.200r is not a valid journal position (%s); "
+            "starting at [logs] start_at = %s",
+            cur,
+            e,
+            at,
+            extra={"event": "logs-cursor-invalid"},
+        )
+        now_us = time.time_ns() // 1000
+        why = f"the saved cursor is not a valid journal position; shipping from start_at = {at}"
+        from_us = self.start.realtime_us or cursor_realtime_us(cur)
+        gap = gap_record(cur, from_us, None, now_us, why=why)
+        self.builder.add(gap, GAP_PREFIX + cur, now_us, line=False, now=time.monotonic())
+        self.builder.gaps += 1
+        # Nothing to commit: its ack moves the saved cursor nowhere; the first line's does.
+        self.start = None
+        self._last_commit = None
+        self.reader.seek_start(at)
 
     def _reopen(self, e: OSError) -> None:
         """Rotation or vacuum broke the open files: reopen, continue after the last line read."""
@@ -211,10 +262,12 @@ class Pump:
 
     def _flush(self) -> bool:
         b = self.builder
-        if b.commit_at is None:
+        if b.commit_at is None and not b.records:
             return True
         batch = b.take()
-        self._last_commit = batch.commit.cursor
+        b.max_bytes = self._batch_bytes()
+        if batch.commit is not None:
+            self._last_commit = batch.commit.cursor
         if self.reader.mapped_bytes() > MAP_BUDGET:
             self._remap = True
         return self.handoff(batch)
@@ -225,7 +278,7 @@ class Pump:
             return
         text = dropped_record(t.first_cursor, t.by_priority, t.since_us, t.until_us)
         key = "harmony-dropped:" + t.first_cursor
-        if not self.builder.fits(len(text)) and not self._flush():
+        if not self.builder.fits(_nbytes(text)) and not self._flush():
             return
         self.builder.add(text, key, t.until_us, line=False, now=now)
         log.warning("logs: rate limit dropped %d line(s)", t.total, extra={"event": "logs-dropped"})
@@ -261,7 +314,7 @@ class Pump:
         calls, and syncs the builder once per batch.
         """
         r, b, stop = self.reader, self.builder, self.stop
-        max_wait, max_lines, max_bytes = self.cfg.batch_max_wait, b.max_lines, b.max_bytes
+        max_wait, max_lines = self.cfg.batch_max_wait, b.max_lines
         clock, encode = time.monotonic, self.encode
         nxt, get_cursor, get_rt, get_all = r.raw_calls()
         cursor, rt, fields = e
@@ -271,17 +324,18 @@ class Pump:
             if not records:
                 b.first_key, b.started, b.oldest_us = cursor, now, rt
             append = records.append
-            size, lines, started = b.size, b.lines, b.started
+            size, lines, started, max_bytes = b.size, b.lines, b.started, b.max_bytes
             last: tuple[str, int] | None = None
             at_end = False
             try:
                 while True:
                     if text is None:
                         text = encode(cursor, rt, fields)[0]
-                    if records and size + len(text) >= max_bytes:
+                        n = len(text) if text.isascii() else len(text.encode())
+                    if records and size + n >= max_bytes:
                         break  # `text` opens the next batch
                     append(text)
-                    size += len(text) + 1
+                    size += n + 1
                     text = None
                     lines += 1
                     last = (cursor, rt)
@@ -332,7 +386,7 @@ class Pump:
             else:
                 if self.tally:
                     self._announce_drops(now)
-                if not b.fits(len(text)) and not self._flush():
+                if not b.fits(_nbytes(text)) and not self._flush():
                     return False
                 b.add(text, cursor, rt, line=True, now=now)
             b.commit_at = (cursor, rt)

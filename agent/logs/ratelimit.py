@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DropTally", "RateLimiter", "TokenBucket"]
+__all__ = ["NEVER_DROP_AT_OR_BELOW", "DropTally", "RateLimiter", "TokenBucket"]
 
 NEVER_DROP_AT_OR_BELOW = 3  # err
 

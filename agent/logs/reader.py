@@ -175,8 +175,3 @@ class JournalReader:
         if p.test_cursor(cursor):
             return True, None
         return False, int(p._get_realtime())
-
-    def head_realtime(self) -> int | None:
-        p = self._probe
-        p.seek_head()
-        return int(p._get_realtime()) if p._next() else None

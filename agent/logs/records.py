@@ -5,6 +5,11 @@ returns them); we emit the JSON of one `harmony_core.contracts.LogRecord` with `
 fields left out, exactly what `dump_json(LogRecord(...))` would produce. Tests
 check that equivalence; this path runs ~100,000 times a second.
 
+Every field is capped, so no journal entry makes a record anywhere near NATS's
+default max_payload (1 MiB): the message at `max_message_bytes` (and its JSON at
+MAX_MESSAGE_JSON), the text fields at FIELD_MAX_BYTES, numbers at what fits an
+int64. A cut field sets `"truncated": true`.
+
 Synthetic records (a gap, a rate-limit drop) have no journal cursor; they get a
 key that cannot collide with one: `harmony-gap:<lost cursor>` and
 `harmony-dropped:<cursor of the first dropped line>` (see docs/logs.md).
@@ -14,21 +19,19 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
 from json.encoder import encode_basestring as _q
 from typing import Any
 
 __all__ = [
     "DROPPED_PREFIX",
+    "FIELD_MAX_BYTES",
     "GAP_PREFIX",
     "MAX_MESSAGE_JSON",
-    "Encoded",
     "Encoder",
     "batch_json",
     "cursor_realtime_us",
     "decode_message",
     "dropped_record",
-    "encode_entry",
     "gap_record",
 ]
 
@@ -38,16 +41,13 @@ MAX_MESSAGE_JSON = 512 * 1024
 # Messages shorter than this cannot exceed MAX_MESSAGE_JSON even fully escaped.
 _ESCAPE_SAFE = MAX_MESSAGE_JSON // 6
 DROPPED_PREFIX = "harmony-dropped:"
+# boot_id, unit and identifier are cut to this many bytes (a unit name is at most
+# 256 characters; SYSLOG_IDENTIFIER is whatever a sender wrote, even megabytes).
+FIELD_MAX_BYTES = 256
+# Longer digit strings than this are no int64 (pid, source timestamp): left out.
+_MAX_DIGITS = 19
 _AGENT_ID = "harmony-agent"
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """One record's JSON text plus what batching and rate limiting need to know."""
-
-    json: str
-    priority: int
-    message_bytes: int
+_TRUNCATED_END = ',"truncated":true}'
 
 
 def _one(v: Any) -> bytes | None:
@@ -86,7 +86,7 @@ def decode_message(raw: bytes, limit: int) -> tuple[str | None, str | None, bool
 
 
 def _int(v: bytes | None) -> int | None:
-    if v is None:
+    if v is None or len(v) > _MAX_DIGITS:
         return None
     try:
         return int(v)
@@ -98,6 +98,19 @@ def _text(v: bytes) -> str:
     return v.decode("utf-8", "replace")
 
 
+def _capped(v: bytes) -> tuple[str, bool]:
+    """(text, cut): `v` as text, cut to FIELD_MAX_BYTES, never inside a character."""
+    if len(v) <= FIELD_MAX_BYTES:
+        return _text(v), False
+    cut = v[:FIELD_MAX_BYTES]
+    try:
+        return cut.decode("utf-8"), True
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":
+            cut = cut[: e.start]
+    return _text(cut), True
+
+
 class Encoder:
     """Encodes journal entries; caches the JSON of the fields lines of one process share."""
 
@@ -105,7 +118,8 @@ class Encoder:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._frags: dict[tuple[Any, ...], tuple[str, int]] = {}
+        # key -> (JSON of the shared fields, priority, the record's closing text)
+        self._frags: dict[tuple[Any, ...], tuple[str, int, str]] = {}
 
     def encode(
         self, cursor: str, realtime_us: int, fields: Mapping[str, Any]
@@ -122,14 +136,17 @@ class Encoder:
             g("PRIORITY"),
         )
         try:
-            frag, priority = self._frags[key]
+            frag, priority, end = self._frags[key]
         except KeyError:
-            frag, priority = _fragment(fields)
-            if len(self._frags) >= self._MAX_CACHED:
-                self._frags.clear()
-            self._frags[key] = (frag, priority)
+            frag, priority, end = _fragment(fields)
+            # A huge field (a sender's megabyte SYSLOG_IDENTIFIER or SYSLOG_PID) is not
+            # cached: the key would keep it alive.
+            if all(v is None or len(v) <= FIELD_MAX_BYTES for v in key):
+                if len(self._frags) >= self._MAX_CACHED:
+                    self._frags.clear()
+                self._frags[key] = (frag, priority, end)
         except TypeError:  # a repeated field gave a list: not hashable, not cached
-            frag, priority = _fragment(fields)
+            frag, priority, end = _fragment(fields)
         src = g("_SOURCE_REALTIME_TIMESTAMP")
         if src is not None:
             src = _int(_one(src))
@@ -141,7 +158,7 @@ class Encoder:
         raw = g("MESSAGE", b"")
         if raw.__class__ is bytes and len(raw) <= self.limit and len(raw) < _ESCAPE_SAFE:
             try:
-                return f'{head}{frag},"message":{_q(raw.decode())}}}', priority, len(raw)
+                return f'{head}{frag},"message":{_q(raw.decode())}{end}', priority, len(raw)
             except UnicodeDecodeError:
                 pass
         raw = _one(raw) or b""
@@ -152,38 +169,36 @@ class Encoder:
             # NATS's max_payload by shipping such a message as base64 instead.
             cut = raw[: self.limit]
             body = f',"message_b64":"{base64.b64encode(cut).decode("ascii")}"'
-        tail = ',"truncated":true}' if truncated else "}"
+        tail = _TRUNCATED_END if truncated else end
         return f"{head}{frag}{body}{tail}", priority, min(len(raw), self.limit)
 
 
-def _fragment(fields: Mapping[str, Any]) -> tuple[str, int]:
-    """The JSON of boot_id, unit, identifier, pid and priority, and the priority."""
+def _fragment(fields: Mapping[str, Any]) -> tuple[str, int, str]:
+    """The JSON of boot_id, unit, identifier, pid and priority; the priority; the record's end.
+
+    The end is `,"truncated":true}` when a field was cut, else `}`.
+    """
     g = fields.get
     prio_raw = _one(g("PRIORITY"))
     priority = 6
     if prio_raw is not None and len(prio_raw) == 1 and 48 <= prio_raw[0] <= 55:
         priority = prio_raw[0] - 48
     parts = []
-    boot = _one(g("_BOOT_ID"))
-    if boot is not None:
-        parts.append(f',"boot_id":{_q(_text(boot))}')
-    unit = _one(g("_SYSTEMD_UNIT"))
-    if unit is not None:
-        parts.append(f',"unit":{_q(_text(unit))}')
-    ident = _one(g("SYSLOG_IDENTIFIER")) or _one(g("_COMM"))
-    if ident is not None:
-        parts.append(f',"identifier":{_q(_text(ident))}')
+    cut = False
+    for name, raw in (
+        ("boot_id", _one(g("_BOOT_ID"))),
+        ("unit", _one(g("_SYSTEMD_UNIT"))),
+        ("identifier", _one(g("SYSLOG_IDENTIFIER")) or _one(g("_COMM"))),
+    ):
+        if raw is not None:
+            text, was_cut = _capped(raw)
+            cut = cut or was_cut
+            parts.append(f',"{name}":{_q(text)}')
     pid = _int(_one(g("_PID")) or _one(g("SYSLOG_PID")))
     if pid is not None:
         parts.append(f',"pid":{pid}')
     parts.append(f',"priority":{priority}')
-    return "".join(parts), priority
-
-
-def encode_entry(cursor: str, realtime_us: int, fields: Mapping[str, Any], limit: int) -> Encoded:
-    """The JSON text of one journal entry as a LogRecord (uncached; see Encoder)."""
-    text, priority, n = Encoder(limit).encode(cursor, realtime_us, fields)
-    return Encoded(text, priority, n)
+    return "".join(parts), priority, _TRUNCATED_END if cut else "}"
 
 
 def _synthetic(key: str, realtime_us: int, priority: int, message: str, extra: str) -> str:
@@ -193,7 +208,17 @@ def _synthetic(key: str, realtime_us: int, priority: int, message: str, extra: s
     )
 
 
-def gap_record(lost_cursor: str, from_us: int | None, to_us: int | None, now_us: int) -> str:
+_VACUUMED = "the journal was rotated or vacuumed past the saved cursor"
+
+
+def gap_record(
+    lost_cursor: str,
+    from_us: int | None,
+    to_us: int | None,
+    now_us: int,
+    *,
+    why: str = _VACUUMED,
+) -> str:
     """A record saying the lines from `lost_cursor` on, up to `to_us`, left the journal unread."""
     span = []
     if from_us is not None:
@@ -201,10 +226,7 @@ def gap_record(lost_cursor: str, from_us: int | None, to_us: int | None, now_us:
     if to_us is not None:
         span.append(f'"to_realtime_us":{to_us}')
     span.append(f'"lost_cursor":{_q(lost_cursor)}')
-    msg = (
-        "harmony-agent: journal lines were lost before they could be shipped "
-        "(the journal was rotated or vacuumed past the saved cursor)"
-    )
+    msg = f"harmony-agent: journal lines were lost before they could be shipped ({why})"
     return _synthetic(
         GAP_PREFIX + lost_cursor, to_us or now_us, 4, msg, f'"gap":{{{",".join(span)}}}'
     )

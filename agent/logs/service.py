@@ -3,6 +3,8 @@
 One run is a sequence of generations: check that the journal is visible (else
 report `blind` and check again), start a pump thread from the last committed
 cursor and a shipper, and keep them until cancelled, reconfigured, or failed.
+A failed generation (a journal error) is shown as `error` in the summary and
+started again on the agent's one retry policy (`agent.service.retrying`).
 The committed cursor is the only state carried between generations and runs.
 """
 
@@ -21,16 +23,16 @@ from agent.logs.cursor import CursorStore, SavedCursor
 from agent.logs.pump import Batch, Pump
 from agent.logs.shipper import Shipper
 from agent.logs.visibility import JournalPaths, blind_reason
+from agent.service import retrying
 from harmony_core.bus import Bus
 from harmony_core.contracts import LogsSummary
-from harmony_core.errors import JournalError
 
 __all__ = ["LogsService"]
 
 log = logging.getLogger("agent.logs")
 
-State = Literal["starting", "shipping", "waiting-for-nats", "blind", "disabled", "error"]
-RECHECK_S = 10.0
+_State = Literal["starting", "shipping", "waiting-for-nats", "blind", "disabled", "error"]
+_RECHECK_S = 10.0
 _SPARE_SLOTS = 2
 
 
@@ -39,7 +41,9 @@ class _Restart(Exception):
 
 
 class LogsService:
-    """Ships the journal; `run(ready)` until cancelled, `summary()`, `reconfigure(cfg)`."""
+    """Ships the journal, a daemon `Service`: `run(started)`, `summary()`, `reconfigure(cfg)`."""
+
+    name = "logs"
 
     def __init__(
         self,
@@ -48,7 +52,7 @@ class LogsService:
         bus: Bus,
         *,
         journal_paths: JournalPaths | None = None,
-        recheck_s: float = RECHECK_S,
+        recheck_s: float = _RECHECK_S,
     ) -> None:
         self.cfg = cfg
         self.device_id = device_id
@@ -64,6 +68,7 @@ class LogsService:
         self._shipper: Shipper | None = None
         self._blind: str | None = None
         self._error: str | None = None
+        self._started: Callable[[], None] = _nothing
         self._shipped = 0
         self._dropped = 0
         self._gaps = 0
@@ -86,7 +91,7 @@ class LogsService:
         in_flight = sh.in_flight if sh else 0
         lag = self._lag(pump, sh)
         error = self._error or (sh.error if sh else None)
-        state: State
+        state: _State
         detail: str | None = None
         if self._blind is not None:
             state, detail = "blind", self._blind
@@ -120,47 +125,42 @@ class LogsService:
             return 0.0
         return round(max(0.0, (now_us - oldest) / 1e6), 3)
 
-    async def run(self, ready: Callable[[], None]) -> None:
-        """Ship until cancelled; `ready()` once the reader is set up, found blind, or failed."""
+    async def run(self, started: Callable[[], None]) -> None:
+        """Ship until cancelled; `started()` once the reader is set up, found blind, or failed."""
         if not self._loaded:
             self.committed = await asyncio.to_thread(self.store.load)
             self._loaded = True
-        signalled = False
-
-        def signal_ready() -> None:
-            nonlocal signalled
-            if not signalled:
-                signalled = True
-                ready()
-
+        self._started = _once(started)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.store.run(), name="logs-cursor")
-            while True:
-                if not self.cfg.logs.enabled:
-                    signal_ready()
-                    await self._changed.wait()
-                    self._changed.clear()
-                    continue
-                self._blind = await asyncio.to_thread(blind_reason, self.paths)
-                if self._blind is not None:
-                    log.warning("logs: blind: %s", self._blind, extra={"event": "logs-blind"})
-                    signal_ready()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), self.recheck_s)
-                    self._changed.clear()
-                    continue
-                try:
-                    await self._generation(signal_ready)
-                except* _Restart:
-                    pass
-                except* JournalError as eg:
-                    self._error = str(eg.exceptions[0])
-                    log.error("logs: %s", self._error, extra={"event": "logs-journal-error"})
-                    # Readiness means "set up or known broken": the summary says which.
-                    signal_ready()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), self.recheck_s)
+            tg.create_task(retrying(self.name, self._ship_forever), name="logs-ship")
+
+    async def _ship_forever(self) -> None:
+        """Generation after generation; a failed one ends this (retried by `retrying`)."""
+        while True:
+            if not self.cfg.logs.enabled:
+                self._started()
+                await self._changed.wait()
                 self._changed.clear()
+                continue
+            self._blind = await asyncio.to_thread(blind_reason, self.paths)
+            if self._blind is not None:
+                log.warning("logs: blind: %s", self._blind, extra={"event": "logs-blind"})
+                self._started()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), self.recheck_s)
+                self._changed.clear()
+                continue
+            try:
+                await self._generation(self._started)
+            except _Restart:
+                pass
+            except Exception as e:
+                self._error = str(e) or type(e).__name__
+                # Readiness means "set up or known broken": the summary says which.
+                self._started()
+                raise
+            self._changed.clear()
 
     # --- one generation ----------------------------------------------------------
 
@@ -191,7 +191,8 @@ class LogsService:
                     return True
             return False
 
-        pump = Pump(lc, self.device_id, self.committed, handoff, stop)
+        bus = self.bus
+        pump = Pump(lc, self.device_id, self.committed, handoff, stop, lambda: bus.max_payload)
         done: asyncio.Future[None] = loop.create_future()
 
         def body() -> None:
@@ -210,6 +211,8 @@ class LogsService:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(shipper.run(), name="logs-shipper")
                 tg.create_task(self._watch(pump, done, ready), name="logs-watch")
+        except ExceptionGroup as eg:
+            raise _why_it_ended(eg) from None
         finally:
             stop.set()
             self._shipped += shipper.shipped
@@ -252,6 +255,39 @@ class LogsService:
         sh = self._shipper
         if sh is not None:
             await sh.drained(2 * self.cfg.logs.ack_timeout)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn`, called at most once however often the result is."""
+    called = False
+
+    def call() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            fn()
+
+    return call
+
+
+def _why_it_ended(eg: BaseExceptionGroup[Exception]) -> Exception:
+    """The one exception a generation ended with: a failure before a mere restart."""
+    leaves: list[Exception] = []
+
+    def flatten(g: BaseExceptionGroup[Exception]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                flatten(e)
+            else:
+                leaves.append(e)
+
+    flatten(eg)
+    failures = [e for e in leaves if not isinstance(e, _Restart)]
+    return (failures or leaves)[0]
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -5,6 +5,10 @@ back out of order; the cursor is committed only up to the longest acknowledged
 prefix, so the saved cursor never passes an unacknowledged line. A failed or
 timed-out publish is retried with the same `Nats-Msg-Id` (capped, jittered
 backoff), so a batch the server did store is not stored twice.
+
+A batch larger than the connected server's max_payload (built before it was
+known) is split into parts that fit, each with its own `Nats-Msg-Id`, published
+in order; the batch counts as acknowledged once every part is (`agent.logs.fit`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.logs.cursor import SavedCursor
-from agent.logs.pump import Batch
-from harmony_core.bus import Bus, backoff_delay
-from harmony_core.errors import BucketMissingError, BusError, BusUnavailableError
+from agent.logs.fit import HEADER_ROOM, split_batch
+from agent.logs.pump import Batch, msg_id
+from harmony_core.bus import Bus, PubAck, backoff_delay
+from harmony_core.errors import BusError, BusUnavailableError
 
 __all__ = ["Shipper"]
 
@@ -33,6 +38,14 @@ _RETRY_CAP_S = 15.0
 class _Pending:
     batch: Batch
     done: bool = False
+
+
+@dataclass(frozen=True)
+class _Message:
+    """One message to publish: a whole batch, or a part of one split to fit max_payload."""
+
+    payload: bytes
+    msg_id: str | None
 
 
 class Shipper:
@@ -114,33 +127,22 @@ class Shipper:
     async def _send(self, p: _Pending) -> None:
         b = p.batch
         assert b.payload is not None
+        messages = [_Message(b.payload, b.msg_id)]
         attempt = 0
         try:
             while True:
                 try:
-                    # Issued one at a time, in order (nats-py may suspend inside a
-                    # publish, and NATS may be away), so the stream keeps the journal's
-                    # order; acks are awaited concurrently.
-                    async with self._publishing:
-                        while not self.bus.connected:
-                            # Not a failure (the bus logs its own state): just wait.
-                            if self.failing_since is None:
-                                self.failing_since = time.monotonic()
-                            await self.bus.wait_connected(self.ack_timeout)
-                        fut = await self.bus.publish_nowait(
-                            self.subject, b.payload, stream=self.stream, msg_id=b.msg_id
-                        )
-                    await asyncio.wait_for(fut, self.ack_timeout)
+                    await self._publish(messages)
                     break
-                except BucketMissingError as e:
+                except ValueError as e:  # max_payload too small for even one record's stub
                     self._failed(str(e), error=True)
                 except BusUnavailableError as e:
                     self._failed(str(e))
                     await self.bus.wait_connected(self.ack_timeout)
-                except (BusError, TimeoutError) as e:
-                    self._failed(str(e) or "no ack within ack_timeout")
-                except Exception as e:  # e.g. the server's max_payload below batch_max_bytes
-                    self._failed(f"publish failed: {type(e).__name__}: {e}", error=True)
+                except TimeoutError:
+                    self._failed("no ack within ack_timeout")
+                except BusError as e:  # refused: no stream, over the server's max_payload, ...
+                    self._failed(str(e), error=True)
                 attempt += 1
                 await asyncio.sleep(backoff_delay(attempt, _RETRY_CAP_S))
         finally:
@@ -153,6 +155,63 @@ class Shipper:
         p.done = True
         self._advance()
 
+    async def _publish(self, messages: list[_Message]) -> None:
+        """Publish `messages` (split to fit first, in place) and await every ack."""
+        futs: list[asyncio.Future[PubAck]] = []
+        try:
+            # Issued one at a time, in order (nats-py may suspend inside a publish,
+            # and NATS may be away), so the stream keeps the journal's order; acks
+            # are awaited concurrently.
+            async with self._publishing:
+                while not self.bus.connected:
+                    # Not a failure (the bus logs its own state): just wait.
+                    if self.failing_since is None:
+                        self.failing_since = time.monotonic()
+                    await self.bus.wait_connected(self.ack_timeout)
+                messages[:] = self._fit(messages)
+                for m in messages:
+                    futs.append(
+                        await self.bus.publish_nowait(
+                            self.subject, m.payload, stream=self.stream, msg_id=m.msg_id
+                        )
+                    )
+            acks = await asyncio.wait_for(
+                asyncio.gather(*futs, return_exceptions=True), self.ack_timeout
+            )
+        finally:
+            for f in futs:
+                if not f.done():
+                    f.cancel()  # frees nats-py's pending ack
+                elif not f.cancelled():
+                    f.exception()  # seen: no "exception was never retrieved"
+        for a in acks:
+            if isinstance(a, BaseException):
+                raise a
+
+    def _fit(self, messages: list[_Message]) -> list[_Message]:
+        """`messages`, those above the connected server's max_payload split into parts."""
+        limit = self.bus.max_payload
+        if limit is None:
+            return messages
+        room = limit - HEADER_ROOM
+        if all(len(m.payload) <= room for m in messages):
+            return messages
+        out: list[_Message] = []
+        for m in messages:
+            if len(m.payload) <= room:
+                out.append(m)
+                continue
+            parts = split_batch(m.payload, room)
+            log.info(
+                "logs: a batch of %d bytes split into %d for the server's max_payload of %d",
+                len(m.payload),
+                len(parts),
+                limit,
+                extra={"event": "logs-batch-split"},
+            )
+            out += [_Message(x.payload, msg_id(x.first_key, x.last_key)) for x in parts]
+        return out
+
     def _failed(self, why: str, *, error: bool = False) -> None:
         if self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -164,13 +223,14 @@ class Shipper:
         self.error = why if error else None
 
     def _advance(self) -> None:
-        last: _Pending | None = None
+        commit: SavedCursor | None = None
         while self._pending and self._pending[0].done:
-            last = self._pending.popleft()
-            self.shipped += last.batch.lines
-            self.gaps += last.batch.gaps
+            b = self._pending.popleft().batch
+            self.shipped += b.lines
+            self.gaps += b.gaps
             self.slots.release()
-        if last is not None:
-            self.commit(last.batch.commit)
+            commit = b.commit or commit
+        if commit is not None:
+            self.commit(commit)
         if not self._pending and self.queue.empty():
             self._drained.set()

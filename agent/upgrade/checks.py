@@ -12,16 +12,16 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.upgrade.semver import compare_versions, parse_version
 from harmony_core.contracts import UpgradeRequest
+from harmony_core.versions import compare_versions, parse_version
 
 __all__ = [
+    "EXTRACT_FACTOR",
     "MARGIN_BYTES",
     "CheckContext",
     "DiskSpace",
     "check_request",
     "disk_needs",
-    "first_reason",
 ]
 
 # Kept free on every filesystem we write to, so an upgrade never fills a disk.
@@ -33,35 +33,37 @@ _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,200}$")
 
 @dataclass(frozen=True)
 class DiskSpace:
-    """Free bytes on one filesystem and what this upgrade would write there."""
+    """One filesystem an upgrade writes to: a path on it, its st_dev, its free bytes."""
 
     path: str
+    dev: int
     free: int
-    needed: int
 
 
 @dataclass(frozen=True)
 class CheckContext:
+    """The device's own facts a request is checked against (the side that checks gathers them)."""
+
     device_id: str
     arch: str
     running_version: str
     now: datetime
     seen_request_ids: Collection[str] = frozenset()
     rolled_back_digests: Collection[str] = frozenset()
-    disk: tuple[DiskSpace, ...] = ()
-    # Set by the signed payload (`retry_rolled_back: true`): try a digest that rolled back.
-    retry_rolled_back: bool = False
+    # The filesystems of the download spool and of the releases; None: not checked.
+    spool_disk: DiskSpace | None = None
+    releases_disk: DiskSpace | None = None
 
 
-def disk_needs(size: int, spool: tuple[str, int], releases: tuple[str, int]) -> dict[int, int]:
+def disk_needs(size: int, spool: DiskSpace, releases: DiskSpace) -> dict[int, int]:
     """Bytes needed per filesystem (st_dev) for an artifact of `size`.
 
     The spool holds the download and the root side's copy of it; the releases
     filesystem holds the extracted release. The two may be one filesystem.
     """
     needs: dict[int, int] = {}
-    for (_path, dev), amount in ((spool, 2 * size), (releases, EXTRACT_FACTOR * size)):
-        needs[dev] = needs.get(dev, 0) + amount
+    for fs, amount in ((spool, 2 * size), (releases, EXTRACT_FACTOR * size)):
+        needs[fs.dev] = needs.get(fs.dev, 0) + amount
     return {dev: n + MARGIN_BYTES for dev, n in needs.items()}
 
 
@@ -97,7 +99,7 @@ def _version(r: UpgradeRequest, c: CheckContext) -> str | None:
     except ValueError as e:
         return f"target version: {e}"
     try:
-        order = compare_versions(r.target_version, c.running_version)
+        order = compare_versions(r.target_version, c.running_version)  # dpkg's order, apt's
     except ValueError:
         # A running build with an odd version (a dev build) can only be replaced on purpose.
         order = -1
@@ -118,7 +120,7 @@ def _artifact(r: UpgradeRequest, c: CheckContext) -> str | None:
 
 
 def _rolled_back(r: UpgradeRequest, c: CheckContext) -> str | None:
-    if r.artifact.sha256 in c.rolled_back_digests and not c.retry_rolled_back:
+    if r.artifact.sha256 in c.rolled_back_digests and not r.retry_rolled_back:
         return (
             f"artifact {r.artifact.sha256[:12]} already rolled back on this device; "
             "send a new request with retry_rolled_back to try it again"
@@ -127,11 +129,15 @@ def _rolled_back(r: UpgradeRequest, c: CheckContext) -> str | None:
 
 
 def _disk(r: UpgradeRequest, c: CheckContext) -> str | None:
-    for d in c.disk:
-        if d.free < d.needed:
+    if c.spool_disk is None or c.releases_disk is None:
+        return None
+    needs = disk_needs(r.artifact.size, c.spool_disk, c.releases_disk)
+    for d in (c.spool_disk, c.releases_disk):
+        needed = needs.pop(d.dev, None)  # one filesystem is named once, by its first path
+        if needed is not None and d.free < needed:
             return (
                 f"not enough free disk on {d.path}: {d.free // 2**20} MiB free, "
-                f"{d.needed // 2**20} MiB needed; free some space and send a new request"
+                f"{needed // 2**20} MiB needed; free some space and send a new request"
             )
     return None
 
@@ -152,7 +158,3 @@ def check_request(request: UpgradeRequest, ctx: CheckContext) -> list[str]:
     """Every reason to refuse `request`, most fundamental first; empty means go."""
     return [reason for check in _CHECKS if (reason := check(request, ctx))]
 
-
-def first_reason(request: UpgradeRequest, ctx: CheckContext) -> str | None:
-    reasons = check_request(request, ctx)
-    return reasons[0] if reasons else None

@@ -18,6 +18,9 @@ class Layout:
 
     root: Path = Path("/opt/harmony-agent")
     journal_dir: Path = Path("/var/lib/harmony-agent-upgrade")
+    # The agent's state dir that harmony-agent-upgrade.path watches (`upgrade/staged/ready`
+    # below it): upgrades need `[agent] state_dir` to be this directory.
+    state_dir: Path = Path("/var/lib/harmony-agent")
     config: Path = Path("/etc/harmony-agent/agent.toml")
     unit: str = "harmony-agent.service"
     systemctl: str = "systemctl"
@@ -48,6 +51,16 @@ class Layout:
     def work(self) -> Path:
         return self.journal_dir / "work"
 
+    @property
+    def status(self) -> Path:
+        """The root side's latest UpgradeStatus (0644 in the 0711 journal dir): the agent
+        relays it to NATS, as the switch runs without a network."""
+        return self.journal_dir / "status.json"
+
+    @property
+    def staging(self) -> Staging:
+        return Staging(self.state_dir)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Layout:
         e = os.environ if env is None else env
@@ -60,6 +73,7 @@ class Layout:
         return cls(
             root=Path(e.get("HARMONY_UPGRADE_ROOT", str(d.root))),
             journal_dir=Path(e.get("HARMONY_UPGRADE_JOURNAL_DIR", str(d.journal_dir))),
+            state_dir=Path(e.get("HARMONY_UPGRADE_STATE_DIR", str(d.state_dir))),
             config=Path(e.get("HARMONY_AGENT_CONFIG", str(d.config))),
             unit=e.get("HARMONY_UPGRADE_UNIT", d.unit),
             systemctl=e.get("HARMONY_UPGRADE_SYSTEMCTL", d.systemctl),

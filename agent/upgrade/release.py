@@ -1,10 +1,13 @@
 """Releases on disk: strict extraction from the .deb, the `current` flip, pruning.
 
 Root side. The artifact is untrusted input even after its digest checked out
-(a signed artifact can still be a mistake): only regular files, directories
-and symlinks under ./opt/harmony-agent/releases/<version>/ are extracted,
-nothing is written through a symlink, setuid bits are dropped, sizes are
-bounded. dpkg is never run (ADR-022 §9); `dpkg-deb --fsys-tarfile` only reads.
+(a signed artifact can still be a mistake): only regular files and directories
+under ./opt/harmony-agent/releases/<version>/ are extracted. A symlink is
+refused (real releases have none; one to `/var/lib/harmony-agent/...` would
+load code the agent can write into a root process), modes are clamped to
+0755/0644 (root's code is never writable by anyone else), sizes are bounded,
+and the bytecode is compiled without following a link. dpkg is never run
+(ADR-022 §9); `dpkg-deb --fsys-tarfile` only reads.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from agent.durable import fsync_dir
 from agent.upgrade.layout import MARKER
 from agent.upgrade.semver import Version, parse_version
 from harmony_core.errors import UpgradeError
@@ -28,7 +32,6 @@ __all__ = [
     "current_version",
     "extract_release",
     "flip_current",
-    "fsync_dir",
     "is_complete",
     "is_safe_release_dir",
     "packaged_versions",
@@ -41,14 +44,6 @@ class ExtractLimits:
     def __init__(self, max_bytes: int = 2 * 1024**3, max_members: int = 100_000) -> None:
         self.max_bytes = max_bytes
         self.max_members = max_members
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_complete(release: Path) -> bool:
@@ -152,8 +147,8 @@ def _extract_stream(
 ) -> int:
     total = 0
     count = 0
-    links: set[PurePosixPath] = set()
     files: set[PurePosixPath] = set()
+    dirs: set[PurePosixPath] = set()
     for m in tar:
         count += 1
         if count > limits.max_members:
@@ -161,15 +156,15 @@ def _extract_stream(
         rel = _member_rel(m.name, prefix)
         if rel is None or rel == PurePosixPath() or rel == PurePosixPath(MARKER):
             continue
-        if any(parent in links for parent in rel.parents):
-            raise UpgradeError(f"the artifact writes through a symlink: {m.name!r}")
-        if rel in links or rel in files:
+        if rel in files or (rel in dirs and not m.isdir()):
             raise UpgradeError(f"the artifact has {m.name!r} twice")
         target = dest / rel
-        mode = m.mode & 0o777  # never setuid, setgid or sticky
+        # Root's code: writable by root alone, executable where the build said so.
+        mode = 0o755 if m.mode & 0o111 else 0o644
         if m.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            os.chmod(target, mode | 0o700)
+            target.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.chmod(target, 0o755, follow_symlinks=False)
+            dirs.add(rel)
         elif m.isreg():
             total += m.size
             if total > limits.max_bytes:
@@ -181,19 +176,21 @@ def _extract_stream(
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(src, out, 1024 * 1024)
-            os.chmod(target, mode)
+                os.fchmod(out.fileno(), mode)
             files.add(rel)
         elif m.issym():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(m.linkname, target)
-            links.add(rel)
+            raise UpgradeError(
+                f"the artifact has a symlink {m.name!r} -> {m.linkname!r} "
+                "(a release has none: build it with packaging/deb/build.sh)"
+            )
         elif m.islnk():
             # A hard link to a file extracted before it, inside the release: copy it.
             src_rel = _member_rel(m.linkname, prefix)
             if src_rel is None or src_rel not in files:
                 raise UpgradeError(f"the artifact hard-links outside its release: {m.name!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(dest / src_rel, target, follow_symlinks=False)
+            shutil.copyfile(dest / src_rel, target, follow_symlinks=False)
+            os.chmod(target, mode, follow_symlinks=False)
             files.add(rel)
         else:
             raise UpgradeError(f"the artifact has a device, fifo or other special file: {m.name!r}")
@@ -204,19 +201,36 @@ def _compile_bytecode(tmp: Path, final: Path) -> None:
     """Bytecode for the new release (each start ~0.3 s faster), named for its final path.
 
     A cache: the launcher runs `python3 -B`, which reads it and never writes; a
-    file that does not compile is left to compile in memory at import.
+    file that does not compile is left to compile in memory at import. The walk
+    never follows a link and a `__pycache__` that is not a real directory of
+    ours is skipped, so no .pyc is ever written outside the release.
     """
-    import compileall
+    import importlib.util
     import py_compile
 
-    with contextlib.suppress(Exception):
-        compileall.compile_dir(
-            tmp,
-            ddir=str(final),
-            quiet=2,
-            workers=1,
-            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
-        )
+    for here, subdirs, names in os.walk(tmp, followlinks=False):
+        subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+        for name in names:
+            src = Path(here) / name
+            if not name.endswith(".py") or not stat.S_ISREG(os.lstat(src).st_mode):
+                continue
+            rel = src.relative_to(tmp)
+            cfile = Path(importlib.util.cache_from_source(str(src)))
+            cache = cfile.parent
+            try:
+                cache.mkdir(mode=0o755, exist_ok=True)
+                if not stat.S_ISDIR(os.lstat(cache).st_mode):
+                    continue
+                py_compile.compile(
+                    str(src),
+                    cfile=str(cfile),
+                    dfile=str(final / rel),
+                    doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+                )
+                os.chmod(cfile, 0o644, follow_symlinks=False)
+            except (py_compile.PyCompileError, OSError, ValueError, SyntaxError):
+                continue
 
 
 def extract_release(

@@ -3,7 +3,10 @@
 Mender-style: a state is saved to the journal *before* its side effects, so a
 crash at any instant finds the journal naming the step that was under way.
 Stored names are kebab-case and never renamed; an unknown stored name means
-roll back; a store counter breaks loops of crash-and-resume.
+roll back; a store counter breaks loops of crash-and-resume. Resuming an
+interrupted journal is a transition too (`resume_state`): RESUMED goes on
+where it stopped, INTERRUPTED gives up (nothing switched yet: failed;
+switched, or resumed too often: roll back).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "next_state",
     "phase_of",
     "recovery_for",
+    "resume_state",
 ]
 
 
@@ -49,6 +53,8 @@ class Event(enum.StrEnum):
     UNHEALTHY = "unhealthy"
     PRUNED = "pruned"
     RESTORED = "restored"
+    RESUMED = "resumed"  # found unfinished after a crash or kill: carry on
+    INTERRUPTED = "interrupted"  # found unfinished: give up on it
 
 
 class Recovery(enum.StrEnum):
@@ -81,6 +87,15 @@ _TABLE: Final[dict[tuple[State, Event], State]] = {
     (State.WATCHING, Event.ERROR): State.ROLLING_BACK,
     (State.COMMITTING, Event.PRUNED): State.COMMITTED,
     (State.ROLLING_BACK, Event.RESTORED): State.ROLLED_BACK,
+    # Resuming a journal found unfinished (resume_state picks the event).
+    (State.VERIFYING, Event.INTERRUPTED): State.FAILED,
+    (State.EXTRACTING, Event.INTERRUPTED): State.FAILED,
+    (State.SWITCHING, Event.RESUMED): State.SWITCHING,
+    (State.SWITCHING, Event.INTERRUPTED): State.ROLLING_BACK,
+    (State.WATCHING, Event.RESUMED): State.WATCHING,
+    (State.WATCHING, Event.INTERRUPTED): State.ROLLING_BACK,
+    (State.COMMITTING, Event.RESUMED): State.COMMITTING,
+    (State.ROLLING_BACK, Event.RESUMED): State.ROLLING_BACK,
 }
 
 _PHASE: Final[dict[State, UpgradePhase]] = {
@@ -134,3 +149,20 @@ def recovery_for(stored: str, *, resumes: int = 0, store_count: int = 0) -> Reco
     if action is Recovery.RESUME and looping:
         return Recovery.ROLL_BACK
     return action
+
+
+def resume_state(stored: str, *, resumes: int = 0, store_count: int = 0) -> State | None:
+    """The state to save before finishing a journal found in `stored`; None: it is finished.
+
+    Through the transition table: RESUMED where the journal goes on as it was,
+    INTERRUPTED where it gives up. An unknown stored name rolls back.
+    """
+    action = recovery_for(stored, resumes=resumes, store_count=store_count)
+    if action is Recovery.NOTHING:
+        return None
+    try:
+        state = State(stored)
+    except ValueError:
+        return State.ROLLING_BACK
+    goes_on = action in (Recovery.RESUME, Recovery.FINISH_COMMIT) or state is State.ROLLING_BACK
+    return next_state(state, Event.RESUMED if goes_on else Event.INTERRUPTED)

@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from agent.health import atomic_write
+from agent.durable import atomic_write, read_bounded
 
-__all__ = ["ReplayStore", "load_json", "save_json"]
+__all__ = ["SCHEMA_VERSION", "ReplayStore", "load_json", "save_json"]
 
 SCHEMA_VERSION = 1
+# Far above any record of ours (1000 ids of at most ~300 bytes each).
+_MAX_RECORD_BYTES = 4 * 1024 * 1024
 # Bounded memory of request ids: the oldest are forgotten first. A request
 # older than this many others has long expired, so expiry still refuses it.
 _MAX_SEEN = 1000
 
 
 def load_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object at `path`, or None when absent; corrupt files count as absent."""
+    """The JSON object at `path`, or None when absent.
+
+    Corrupt, oversized, symlinked or non-regular files count as absent.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = json.loads(f.read(4 * 1024 * 1024))
+        data = json.loads(read_bounded(path, _MAX_RECORD_BYTES))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
 def save_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
-    atomic_write(path, json.dumps(data, sort_keys=True).encode(), mode)
+    """Write `data` as the JSON record at `path`, atomically and durably."""
+    atomic_write(path, json.dumps(data, sort_keys=True).encode(), mode=mode)
 
 
 class ReplayStore:
@@ -77,11 +77,6 @@ class ReplayStore:
             self.rolled_back.append(sha256)
             self.rolled_back = self.rolled_back[-_MAX_SEEN:]
             self.save()
-
-    def revision_of(self, request_id: str) -> int | None:
-        rec = self.seen.get(request_id)
-        rev = rec.get("revision") if rec else None
-        return rev if isinstance(rev, int) else None
 
     def save(self) -> None:
         save_json(

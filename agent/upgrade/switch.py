@@ -1,40 +1,55 @@
-"""The root side of an upgrade: verify again, extract, flip `current`, watch, commit or roll back.
+"""The root side of an upgrade: admit again, extract, flip `current`, watch, commit or roll back.
 
-Run by `harmony-agent-upgrade.service` (path-activated when the agent stages a
-request) as `python3 -m agent.upgrade.switch`, with the code of the release that
-runs now, outside the agent's cgroup; `--recover` is the boot-time part, run by
+Run through its process entry `agent.upgrade.root` (`python3 -m agent.upgrade.root`)
+by `harmony-agent-upgrade.service` (path-activated when the agent stages a
+request), with the code of the release that runs now, outside the agent's
+cgroup; `recover_on_boot` is the boot-time part (`--recover`), run by
 `harmony-agent-upgrade-recover.service` before the agent starts.
 
-Every state goes to the fsync'd journal *before* its side effects, then to
-`agent-upgrade-status/<device_id>`. The journal is the truth: NATS may be down.
+Every state goes to the fsync'd journal *before* its side effects, then to the
+status file (`Layout.status`), which the agent relays to
+`agent-upgrade-status/<device_id>`: the switch itself has no network. The
+journal is the truth. A staged request it cannot take (unsafe staging, an
+invalid config, too little disk) is consumed and reported, never left to
+start the switch again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
-from agent.arch import debian_arch
 from agent.config import Config
-from agent.health import atomic_write, read_health
-from agent.upgrade.checks import CheckContext, check_request
+from agent.deviceinfo.arch import debian_arch
+from agent.durable import atomic_write
+from agent.health import read_health
+from agent.upgrade.admission import RequestRefusedError, admit
+from agent.upgrade.boot import BootFacts, JournalFacts, plan_boot
+from agent.upgrade.checks import EXTRACT_FACTOR, MARGIN_BYTES, CheckContext, DiskSpace
 from agent.upgrade.confirm import Judge, Observation
-from agent.upgrade.handover import read_staged_envelope, take_staged_artifact
+from agent.upgrade.handover import (
+    read_staged_envelope,
+    take_staged_artifact,
+    write_rolled_back,
+)
 from agent.upgrade.journal import (
     JournalRecord,
-    ensure_private_dir,
+    ensure_root_dir,
     load_history,
     load_journal,
     save_history,
     save_journal,
 )
 from agent.upgrade.keys import load_trusted_keys
-from agent.upgrade.layout import Layout, Staging
+from agent.upgrade.layout import Layout
 from agent.upgrade.release import (
     current_version,
     extract_release,
@@ -48,34 +63,40 @@ from agent.upgrade.release import (
 from agent.upgrade.states import (
     TERMINAL,
     Event,
-    Recovery,
     State,
     next_state,
     phase_of,
-    recovery_for,
+    resume_state,
 )
+from agent.upgrade.status import status_bytes
 from agent.upgrade.units import UnitControl
 from agent.version import __version__
-from harmony_core.contracts import UpgradeStatus, utcnow
+from harmony_core.contracts import UpgradeRequest, UpgradeStatus, utcnow
 from harmony_core.envelope import verify_envelope
 from harmony_core.errors import UpgradeError, UpgradeRejectedError
 
-__all__ = ["StatusSink", "Switch", "recover_on_boot"]
+__all__ = ["Switch", "disk_space", "recover_on_boot"]
 
 log = logging.getLogger("agent.upgrade.switch")
 
 # How long the old version gets to come back after a rollback before we report anyway.
 _OLD_BACK_TIMEOUT_S = 60.0
-_FINAL_PUBLISH_TIMEOUT_S = 30.0
-_STEP_PUBLISH_TIMEOUT_S = 2.0
 
 
-class StatusSink(Protocol):
-    async def publish(self, status: UpgradeStatus, timeout: float) -> bool: ...
+def disk_space(path: Path) -> DiskSpace:
+    """The filesystem of `path` (or of its nearest existing parent) and its free bytes."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    vfs = os.statvfs(path)
+    return DiskSpace(str(path), os.stat(path).st_dev, vfs.f_bavail * vfs.f_frsize)
 
 
 class Switch:
-    """One run of the root side: finish an unfinished journal, then take what is staged."""
+    """One run of the root side: finish an unfinished journal, then take what is staged.
+
+    `config_problem` says why the config could not be loaded (`cfg` is then
+    what could be salvaged of it): a staged request is refused with it.
+    """
 
     def __init__(
         self,
@@ -83,25 +104,27 @@ class Switch:
         cfg: Config,
         device_id: str,
         unit: UnitControl,
-        sink: StatusSink,
         *,
+        config_problem: str | None = None,
         arch: str | None = None,
         poll_s: float = 0.25,
         after_save: Callable[[State], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        disk: Callable[[Path], DiskSpace] = disk_space,
     ) -> None:
         self.layout = layout
         self.cfg = cfg
         self.device_id = device_id
         self.unit = unit
-        self.sink = sink
+        self.config_problem = config_problem
         self.arch = arch or debian_arch()
         self.poll_s = poll_s
         self.after_save = after_save
         self.clock = clock
-        self.staging = Staging(cfg.agent.state_dir)
+        self.disk = disk
+        self.staging = layout.staging
 
-    # --- journal ------------------------------------------------------------
+    # --- journal and status -------------------------------------------------
 
     async def _save(self, rec: JournalRecord, state: State, **changes: Any) -> JournalRecord:
         rec = rec.model_copy(update={**changes, "state": state.value, "published": False})
@@ -116,17 +139,22 @@ class Switch:
             self.after_save(state)
         if (pause := self.layout.pause_at.get(state.value)) is not None:
             await asyncio.sleep(pause)
-        final = state in TERMINAL
-        ok = await self.sink.publish(
-            self._status(rec), _FINAL_PUBLISH_TIMEOUT_S if final else _STEP_PUBLISH_TIMEOUT_S
-        )
-        if final and ok:
+        if self._publish(rec) and state in TERMINAL:
             rec = rec.model_copy(update={"published": True})
             save_journal(self.layout.journal, rec, self.clock())
         return rec
 
     async def _to(self, rec: JournalRecord, event: Event, **changes: Any) -> JournalRecord:
         return await self._save(rec, next_state(State(rec.state), event), **changes)
+
+    def _publish(self, rec: JournalRecord) -> bool:
+        """Write the status file (root-owned, agent-readable); the agent relays it to NATS."""
+        try:
+            atomic_write(self.layout.status, status_bytes(self._status(rec)), mode=0o644)
+        except OSError as e:
+            log.warning("cannot write the upgrade status %s: %s", rec.state, e)
+            return False
+        return True
 
     def _status(self, rec: JournalRecord) -> UpgradeStatus:
         try:
@@ -148,73 +176,76 @@ class Switch:
 
     async def run(self) -> State | None:
         """Finish what the journal says is unfinished, then the staged request if any."""
-        ensure_private_dir(self.layout.journal_dir)
+        ensure_root_dir(self.layout.journal_dir, 0o711)
         last: State | None = None
         rec = load_journal(self.layout.journal)
         if rec is not None:
             rec = await self._resume(rec)
             last = _state(rec)
-        envelope: bytes | None = None
         try:
             envelope = read_staged_envelope(self.staging)
         except UpgradeRejectedError as e:
-            rec = JournalRecord(
-                state=State.VERIFYING.value, device_id=self.device_id, from_version=self._running()
-            )
-            rec = await self._to(rec, Event.REFUSED, reason=str(e))
-            return State.REJECTED
-        if envelope is not None:
-            rec = await self._upgrade(envelope)
-            last = _state(rec)
-        return last
+            return _state(await self._to(self._record(), Event.REFUSED, reason=str(e)))
+        if envelope is None:
+            return last
+        if self.config_problem is not None:
+            return _state(await self._refuse_for_config(envelope, self.config_problem))
+        return _state(await self._upgrade(envelope))
 
     def _running(self) -> str:
         return current_version(self.layout.root) or __version__
 
+    def _record(self, envelope: bytes | None = None) -> JournalRecord:
+        return JournalRecord(
+            state=State.VERIFYING.value,
+            device_id=self.device_id,
+            envelope=envelope.decode(errors="replace") if envelope is not None else None,
+            from_version=self._running(),
+        )
+
+    async def _refuse_for_config(self, envelope: bytes, problem: str) -> JournalRecord:
+        """Fail a staged request when the config is invalid: restarting the agent would stop it."""
+        rec = self._record(envelope)
+        keys, _ = load_trusted_keys(self.cfg.upgrade.trusted_keys_dir)
+        with contextlib.suppress(UpgradeRejectedError):  # named in the report only if signed
+            rec = rec.model_copy(update=self._about(verify_envelope(envelope, keys).request))
+        reason = (
+            f"{problem}; the running agent keeps its old config, but a restarted one would "
+            "not start: fix the config, then send a new request"
+        )
+        return await self._to(rec, Event.ERROR, reason=reason)
+
     # --- the upgrade --------------------------------------------------------
 
     async def _upgrade(self, envelope: bytes) -> JournalRecord:
-        running = self._running()
-        rec = JournalRecord(
-            state=State.VERIFYING.value,
-            device_id=self.device_id,
-            envelope=envelope.decode(errors="replace"),
-            from_version=running,
-        )
+        rec = self._record(envelope)
         keys, problems = load_trusted_keys(self.cfg.upgrade.trusted_keys_dir)
         for p in problems:
             log.warning("trusted key skipped: %s", p)
-        try:
-            v = verify_envelope(envelope, keys)
-        except UpgradeRejectedError as e:
-            return await self._to(rec, Event.REFUSED, reason=str(e))
-        req = v.request
-        window = req.confirm_window_s if req.confirm_window_s else self.cfg.upgrade.confirm_window
-        rec = await self._save(
-            rec,
-            State.VERIFYING,
-            request_id=req.request_id,
-            to_version=req.target_version,
-            sha256=req.artifact.sha256,
-            confirm_window_s=window,
-        )
         history = load_history(self.layout.history)
         ctx = CheckContext(
             device_id=self.device_id,
             arch=self.arch,
-            running_version=running,
+            running_version=rec.from_version or __version__,
             now=self.clock(),
             seen_request_ids=set(history.handled),
             rolled_back_digests=set(history.rolled_back),
-            retry_rolled_back=v.raw.get("retry_rolled_back") is True,
         )
+        try:
+            req = admit(envelope, keys, ctx)
+        except RequestRefusedError as e:
+            rec = rec.model_copy(update=self._about(e.request))
+            return await self._to(rec, Event.REFUSED, reason=str(e))
+        except UpgradeRejectedError as e:
+            return await self._to(rec, Event.REFUSED, reason=str(e))
+        rec = await self._save(rec, State.VERIFYING, **self._about(req))
         artifact = self.layout.work / "artifact.deb"
         try:
-            if reasons := check_request(req, ctx):
-                raise UpgradeRejectedError(reasons[0])
             history.handled.append(req.request_id)
             save_history(self.layout.history, history)
-            ensure_private_dir(self.layout.work)
+            if (short := self._disk_problem(req.artifact.size)) is not None:
+                return await self._to(rec, Event.ERROR, reason=short)
+            ensure_root_dir(self.layout.work, 0o700)
             take_staged_artifact(self.staging, req.artifact.size, req.artifact.sha256, artifact)
         except UpgradeRejectedError as e:
             return await self._to(rec, Event.REFUSED, reason=str(e))
@@ -239,6 +270,35 @@ class Switch:
                 artifact.unlink()
         rec = await self._to(rec, Event.EXTRACTED)
         return await self._switch_and_watch(rec)
+
+    def _about(self, req: UpgradeRequest) -> dict[str, Any]:
+        """The journal's fields that name the request."""
+        window = req.confirm_window_s if req.confirm_window_s else self.cfg.upgrade.confirm_window
+        return {
+            "request_id": req.request_id,
+            "to_version": req.target_version,
+            "sha256": req.artifact.sha256,
+            "confirm_window_s": window,
+        }
+
+    def _disk_problem(self, size: int) -> str | None:
+        """Why the copy of the artifact and the release would not fit; None when they do."""
+        try:
+            work, releases = self.disk(self.layout.work), self.disk(self.layout.releases)
+        except OSError as e:
+            return f"cannot check the free disk space: {e}"
+        needs: dict[int, int] = {}
+        for fs, amount in ((work, size), (releases, EXTRACT_FACTOR * size)):
+            needs[fs.dev] = needs.get(fs.dev, 0) + amount
+        for fs in (work, releases):
+            needed = needs.pop(fs.dev, None)
+            if needed is not None and fs.free < needed + MARGIN_BYTES:
+                return (
+                    f"not enough free disk on {fs.path}: {fs.free // 2**20} MiB free, "
+                    f"{(needed + MARGIN_BYTES) // 2**20} MiB needed; nothing was changed, "
+                    "free some space and send a new request"
+                )
+        return None
 
     async def _switch_and_watch(self, rec: JournalRecord) -> JournalRecord:
         """From `switching`: flip `current`, restart, watch the window, then commit or roll back."""
@@ -348,66 +408,61 @@ class Switch:
         if sha256 not in history.rolled_back:
             history.rolled_back.append(sha256)
             save_history(self.layout.history, history)
-        # A copy for the agent's own checks (it cannot read the journal dir).
+        # A copy for the agent's own checks (it cannot read the journal).
         try:
-            atomic_write(
-                self.staging.base / Staging.ROLLED_BACK, dump_json_list(history.rolled_back), 0o644
-            )
+            write_rolled_back(self.staging, _rolled_back_mirror(history.rolled_back))
         except OSError as e:
             log.warning("cannot tell the agent about the rollback: %s", e)
 
     # --- resuming -----------------------------------------------------------
 
     async def _resume(self, rec: JournalRecord) -> JournalRecord:
-        action = recovery_for(rec.state, resumes=rec.resumes, store_count=rec.store_count)
-        if action is Recovery.NOTHING:
-            if not rec.published and await self.sink.publish(
-                self._status(rec), _FINAL_PUBLISH_TIMEOUT_S
-            ):
+        """Finish a journal found unfinished, through the table (states.resume_state)."""
+        to = resume_state(rec.state, resumes=rec.resumes, store_count=rec.store_count)
+        if to is None:
+            if not rec.published and self._publish(rec):
                 rec = rec.model_copy(update={"published": True})
                 save_journal(self.layout.journal, rec, self.clock())
             return rec
-        log.warning("resuming the upgrade journal found in %s: %s", rec.state, action.value)
+        log.warning("resuming the upgrade journal found in %s: %s", rec.state, to.value)
         rec = rec.model_copy(update={"resumes": rec.resumes + 1})
-        if action is Recovery.ABANDON:
+        if to is State.FAILED:
+            rec = await self._save(rec, to, reason=(
+                "the switch was interrupted before anything changed (power loss or killed); "
+                "the old version kept running"))
             remove_partials(self.layout.releases, also=[rec.to_version] if rec.to_version else [])
-            return await self._save(
-                rec,
-                State.FAILED,
-                reason=(
-                    "the switch was interrupted before anything changed (power loss or killed); "
-                    "the old version kept running"
-                ),
-            )
-        if action is Recovery.FINISH_COMMIT:
-            return await self._commit(rec)
-        if action is Recovery.ROLL_BACK:
-            reason = (
-                rec.reason
-                if rec.state == State.ROLLING_BACK.value
-                else (f"the upgrade was interrupted in {rec.state} too often; rolled back")
-            )
-            rec = await self._save(rec, State.ROLLING_BACK, reason=reason)
+            return rec
+        if to is State.ROLLING_BACK:
+            if rec.state == State.ROLLING_BACK.value:
+                reason = rec.reason
+            elif _state(rec) is None:
+                reason = f"{rec.reason or 'the upgrade journal was unreadable'}; rolled back"
+            else:
+                reason = f"the upgrade was interrupted in {rec.state} too often; rolled back"
+            rec = await self._save(rec, to, reason=reason)
             return await self._roll_back(rec)
-        # RESUME: switching -> flip (again) and watch; watching -> restart and watch again.
-        if rec.state == State.SWITCHING.value:
-            rec = await self._save(rec, State.SWITCHING)
-            return await self._switch_and_watch(rec)
-        if rec.to_version is None or not is_complete(self.layout.releases / rec.to_version):
-            rec = await self._save(
-                rec, State.ROLLING_BACK, reason="the new release is gone; rolled back"
+        if to is State.COMMITTING:
+            return await self._commit(await self._save(rec, to))
+        if to is State.SWITCHING:
+            return await self._switch_and_watch(await self._save(rec, to))
+        # WATCHING: the new release runs (recovery flipped to it at boot); watch it again.
+        new = rec.to_version
+        if new is None or not is_complete(self.layout.releases / new):
+            return await self._roll_back(
+                await self._to(rec, Event.ERROR, reason="the new release is gone; rolled back")
             )
+        rec = await self._save(rec, to, restarted_at=self.clock())
+        try:
+            if current_version(self.layout.root) != new:
+                flip_current(self.layout.root, new)  # saved first, flipped after
+        except OSError as e:
+            rec = await self._to(rec, Event.ERROR, reason=f"cannot switch: {e}")
             return await self._roll_back(rec)
-        if current_version(self.layout.root) != rec.to_version:
-            flip_current(self.layout.root, rec.to_version)
-        rec = await self._save(rec, State.WATCHING, restarted_at=self.clock())
         return await self._restart_and_watch(rec)
 
 
-def dump_json_list(items: list[str]) -> bytes:
-    import json
-
-    return json.dumps({"schema_version": 1, "rolled_back": items}).encode()
+def _rolled_back_mirror(digests: list[str]) -> bytes:
+    return json.dumps({"schema_version": 1, "rolled_back": digests}).encode()
 
 
 def _state(rec: JournalRecord) -> State | None:
@@ -418,41 +473,41 @@ def _state(rec: JournalRecord) -> State | None:
 
 
 def recover_on_boot(layout: Layout) -> bool:
-    """The boot-time part (no NATS, fast): remove partial releases and make `current` safe.
+    """The boot-time part (no network, fast): remove partial releases and make `current` safe.
 
-    Returns True when the journal is unfinished or its end unpublished, i.e. the
+    Returns True when the journal is unfinished or its end unreported, i.e. the
     switch service must run to finish it (it watches, rolls back, reports).
+    The decision is boot.plan_boot's; this gathers its facts and applies it.
     """
     remove_partials(layout.releases)
     rec = load_journal(layout.journal)
-    if rec is None:
-        return False
-    action = recovery_for(rec.state, resumes=rec.resumes, store_count=rec.store_count)
-    cur = current_version(layout.root)
-    old, new = rec.from_version, rec.to_version
-    if action is Recovery.ABANDON and new:
-        remove_partials(layout.releases, also=[new])
-    wants_new = action in (Recovery.RESUME, Recovery.FINISH_COMMIT)
-    if wants_new and new and is_complete(layout.releases / new):
-        target: str | None = new
-    elif action is Recovery.NOTHING:
-        target = None
-    else:
-        target = old
-    # Boot the agent straight into the release the journal will end with.
-    if target and cur != target and is_safe_release_dir(layout.releases / target):
-        flip_current(layout.root, target)
-    elif cur is None or not is_safe_release_dir(layout.releases / cur):
-        # `current` dangles: fall back to the newest complete release there is.
-        complete = sorted(p.name for p in layout.releases.glob("*") if is_complete(p))
-        if complete:
-            flip_current(layout.root, (old if old in complete else complete[-1]) or complete[-1])
-    return action is not Recovery.NOTHING or not rec.published
+    journal = None
+    if rec is not None:
+        journal = JournalFacts(
+            state=rec.state, from_version=rec.from_version, to_version=rec.to_version,
+            resumes=rec.resumes, store_count=rec.store_count, published=rec.published,
+        )
+    complete: frozenset[str] = frozenset()
+    if layout.releases.is_dir():
+        complete = frozenset(p.name for p in layout.releases.iterdir()
+                             if not p.name.endswith(".tmp") and is_safe_release_dir(p)
+                             and is_complete(p))
+    plan = plan_boot(BootFacts(journal, current_version(layout.root), complete))
+    if plan.remove:
+        remove_partials(layout.releases, also=plan.remove)
+    if plan.flip_to is not None:
+        log.info("boot: pointing current at release %s", plan.flip_to)
+        flip_current(layout.root, plan.flip_to)
+    return plan.start_switch
 
 
 if __name__ == "__main__":
+    # Units installed by an older package run `-m agent.upgrade.switch`. Hand over to
+    # the one entry in a fresh process (same pid, same flags), so this module is never
+    # loaded twice and never imports its entry.
+    import os
     import sys
 
-    from agent.upgrade.root import main
-
-    sys.exit(main(sys.argv[1:]))
+    flags = [f for f, on in (("-s", sys.flags.no_user_site), ("-B", sys.flags.dont_write_bytecode))
+             if on]
+    os.execv(sys.executable, [sys.executable, *flags, "-m", "agent.upgrade.root", *sys.argv[1:]])

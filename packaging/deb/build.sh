@@ -43,8 +43,10 @@ esac
 [ -f "$SRC/agent/version.py" ] || die "$SRC has no agent/version.py (set SRC= to a checkout)"
 SRC_VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$SRC/agent/version.py")
 VERSION=${VERSION:-$SRC_VERSION}
-# A native package: no Debian revision, so no '-'. '~' and '+' sort as dpkg says.
-[[ "$VERSION" =~ ^[0-9][A-Za-z0-9.+~]*$ ]] || die "VERSION '$VERSION' is not a Debian native version"
+# A release version (harmony_core/versions.py, the same pattern): a native package, so
+# no Debian revision ('-') and no epoch; a pre-release is 1.5.0~rc.1 (before 1.5.0).
+[[ "$VERSION" =~ ^[0-9][A-Za-z0-9.+~]{0,127}$ ]] ||
+    die "VERSION '$VERSION' is not a Debian native version like 1.4.0 or 1.5.0~rc.1 (see docs/upgrade.md)"
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || true)

@@ -9,6 +9,7 @@ the version that must be running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -27,7 +28,7 @@ from harmony_fleet.cli import main as fleet
 from harmony_fleet.keys import private_pem, public_pem
 from harmony_fleet.signing import sign_request
 from tests.agentproc import kv_get_json, run_bus
-from tests.e2e.conftest import AGENT, agent_toml
+from tests.e2e.conftest import AGENT, agent_toml, stays
 from tests.e2e.harness import Container
 from tests.natsserver import NatsServer, wait_for
 from tests.packaging.debbuild import REPO, build_deb, source_version
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.e2e
 
 SWITCH = "harmony-agent-upgrade.service"
 JOURNAL = "/var/lib/harmony-agent-upgrade/journal.json"
+# The root side's latest UpgradeStatus, which the agent relays to NATS.
+STATUS = "/var/lib/harmony-agent-upgrade/status.json"
 WINDOW = "6s"
 # version -> variant of every build the scenarios use.
 BUILDS = {
@@ -271,10 +274,29 @@ def test_good_upgrade_commits_and_reports_the_new_version(device: Container, ops
     assert info is not None and info[0]["agent_version"] == "0.2.0"
     st = ops.status()
     assert st is not None and st["phase"] == "rejected"  # the replay above, nothing since
-    mode = device.run(["stat", "-c", "%a %U", "/var/lib/harmony-agent-upgrade"], check=True)
-    assert mode.stdout.split() == ["700", "root"]
     status = device.run([AGENT, "status"]).stdout
     assert "harmony-agent 0.2.0" in status and "upgrade:" in status, status
+
+
+MAX_EXPOSURE = 3.0
+
+
+@pytest.mark.parametrize("unit", [SWITCH, "harmony-agent-upgrade-recover.service"])
+def test_the_root_units_are_sandboxed(device: Container, unit: str) -> None:
+    """`systemd-analyze security` of the running manager, and the upgrades above passed in it."""
+    out = device.run(["systemd-analyze", "security", "--no-pager", unit], check=True).stdout
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+    assert found and float(found.group(1)) <= MAX_EXPOSURE, out
+
+
+def test_the_agent_reads_the_root_status_but_not_the_journal(device: Container) -> None:
+    mode = device.run(["stat", "-c", "%a %U", "/var/lib/harmony-agent-upgrade",
+                       JOURNAL, STATUS], check=True).stdout.splitlines()
+    assert mode == ["711 root", "600 root", "644 root"]
+    assert device.run(["runuser", "-u", AGENT, "--", "cat", JOURNAL]).returncode != 0
+    st = json.loads(device.run(["runuser", "-u", AGENT, "--", "cat", STATUS],
+                               check=True).stdout)
+    assert st["device_id"] == device.machine_id
 
 
 @pytest.mark.parametrize(
@@ -301,6 +323,91 @@ def test_a_digest_that_rolled_back_is_refused(ops: Fleet) -> None:
     rid = ops.upgrade("0.3.0")
     st = ops.wait_final(rid, 60)
     assert st["phase"] == "rejected" and "already rolled back" in st["reason"], st
+
+
+# --- the root switch never loops (issue 9, finding 2) -------------------------------
+
+STAGED = "/var/lib/harmony-agent/upgrade/staged"
+# systemd's catalog id of "Starting <unit>..." (sd-messages.h SD_MESSAGE_UNIT_STARTING).
+_UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
+
+
+def _switch_starts(c: Container, since: datetime) -> int:
+    """How often systemd started the switch since `since` (path trigger and restarts alike)."""
+    return sum(1 for r in c.journal(SWITCH, "--since", f"@{since.timestamp():.3f}")
+               if r.get("MESSAGE_ID") == _UNIT_STARTING)
+
+
+def _as_agent(c: Container, script: str) -> None:
+    """Run `script` as the agent's user: what a compromised agent could do."""
+    c.run(["runuser", "-u", AGENT, "--", "sh", "-c", script], check=True)
+
+
+def _ends_once(c: Container, ops: Fleet, since: datetime, phase: str, reason: str) -> None:
+    """The switch reports `phase` with `reason`, ran exactly once, and stays stopped."""
+    def reported() -> bool:
+        st = ops.status()
+        return bool(st and st["phase"] == phase and re.search(reason, st.get("reason") or "")
+                    and datetime.fromisoformat(st["updated_at"]) > since)
+    wait_for(reported, 60, f"{phase}: {reason}", interval=0.3)
+    c.wait_state(SWITCH, ["inactive"], 30)
+    # A loop restarts every RestartSec (2 s) or re-fires the path unit at once.
+    stays(lambda: _switch_starts(c, since) == 1 and c.show(SWITCH, "ActiveState")[
+        "ActiveState"] == "inactive", 8, f"{SWITCH} started once and stopped")
+    assert not c.exists(f"{STAGED}/ready")
+
+
+@contextlib.contextmanager
+def _no_loop_left(c: Container) -> Iterator[None]:
+    """Whatever the test did, leave no trigger and no looping unit behind."""
+    try:
+        yield
+    finally:
+        c.sh(f"rm -rf {STAGED}/ready; [ -L {STAGED} ] && rm -f {STAGED}; true")
+        c.run(["systemctl", "stop", SWITCH])
+        c.run(["systemctl", "reset-failed", SWITCH, "harmony-agent-upgrade.path"])
+        c.run(["systemctl", "start", "harmony-agent-upgrade.path"])
+
+
+def test_a_trigger_that_is_a_directory_is_refused_once(device: Container, ops: Fleet) -> None:
+    before, since = _running(ops), utcnow()
+    with _no_loop_left(device):
+        _as_agent(device, f"mkdir -p {STAGED}/ready/sub && touch {STAGED}/ready/sub/x")
+        _ends_once(device, ops, since, "rejected", "ready.*not a regular file")
+    _intact(device, before)
+
+
+def test_a_staging_dir_that_is_a_symlink_is_refused_once(device: Container, ops: Fleet) -> None:
+    before, since = _running(ops), utcnow()
+    decoy = "/var/lib/harmony-agent/decoy"
+    with _no_loop_left(device):
+        _as_agent(device, f"mkdir -p {decoy} && touch {decoy}/ready && "
+                          f"rm -rf {STAGED} && ln -s {decoy} {STAGED}")
+        _ends_once(device, ops, since, "rejected", "staged.*symlink")
+        assert device.run(["test", "-L", STAGED]).returncode != 0
+        assert device.exists(f"{decoy}/ready"), "nothing is done through the link"
+    device.run(["rm", "-rf", decoy])
+    _intact(device, before)
+
+
+def test_an_invalid_config_fails_the_upgrade_once(device: Container, ops: Fleet) -> None:
+    """agent.toml broken after the agent loaded it: the agent keeps its config, root refuses."""
+    before, conf = _running(ops), "/etc/harmony-agent/agent.toml"
+    good = device.read_file(conf)
+    device.write_file(conf, good + "\n[heartbeat]\nno_such_key = 1\n", 0o640)
+    device.run(["systemctl", "reload", AGENT], check=True)
+    since = utcnow()
+    try:
+        with _no_loop_left(device):
+            rid = ops.upgrade("0.4.0")
+            st = ops.wait_final(rid, 90)
+            assert st["phase"] == "failed" and "agent.toml" in st["reason"], st
+            _ends_once(device, ops, since, "failed", "agent.toml")
+    finally:
+        device.write_file(conf, good, 0o640)
+        device.run(["systemctl", "reload", AGENT], check=True)
+    _intact(device, before)
+    assert _running(ops) == before
 
 
 # --- killed mid-upgrade: the journal resumes ---------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "journalctl_json",
     "journald_running",
     "send",
+    "seqnum",
     "systemd_cat",
     "tail_cursor",
     "unique",
@@ -119,6 +120,17 @@ def journalctl_json(*args: str) -> list[dict[str, Any]]:
 
 def journal_cursors(*args: str) -> list[str]:
     return [e["__CURSOR"] for e in journalctl_json(*args)]
+
+
+def seqnum(cursor: str) -> int:
+    """The `i=` (sequence number) of a journal cursor, later lines larger; -1 if it has none."""
+    for part in cursor.split(";"):
+        if part.startswith("i="):
+            try:
+                return int(part[2:], 16)
+            except ValueError:
+                break
+    return -1
 
 
 def tail_cursor() -> str:

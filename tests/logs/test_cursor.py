@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from agent.logs.cursor import CursorStore, SavedCursor
 
@@ -37,3 +40,34 @@ async def test_background_writes_keep_the_newest(tmp_path: Path) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert CursorStore(store.path).load() == SavedCursor("last", 1)
+
+
+def test_malformed_files_are_absent_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = tmp_path / "cursor"
+    bad: list[bytes] = [
+        b"\xff\xfe not text",
+        b"[" * 20_000 + b"]" * 20_000,  # nesting deeper than json's recursion limit
+        b'{"schema_version": 1, "cursor": "' + b"s" * 10_000_000 + b'"}',  # huge
+        b'{"schema_version": 1, "cursor": "s=1\\u0000"}',
+        b'{"schema_version": 1, "cursor": ["s=1"]}',
+        b'{"schema_version": true, "cursor": "s=1"}',
+        b'"s=1"',
+        b"null",
+        b"",
+    ]
+    for data in bad:
+        p.write_bytes(data)
+        caplog.clear()
+        assert CursorStore(p).load() is None, data[:40]
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert getattr(warning, "event", None) == "logs-cursor-unreadable"
+        assert "start_at" in warning.getMessage() and len(warning.getMessage()) < 400
+
+
+def test_odd_realtime_is_dropped_not_fatal(tmp_path: Path) -> None:
+    p = tmp_path / "cursor"
+    for rt in ('"5"', "true", "1e400", "-1", "[1]"):
+        p.write_text(f'{{"schema_version": 1, "cursor": "s=1;i=2", "realtime_us": {rt}}}')
+        assert CursorStore(p).load() == SavedCursor("s=1;i=2", None)

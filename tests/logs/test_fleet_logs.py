@@ -111,3 +111,26 @@ async def test_follow_shows_a_systemd_cat_line_within_a_second(
         assert proc.returncode == 0, err
         lines = out.decode().splitlines()
         assert len(lines) == 1 and lines[0].endswith(f"{ident}[{os.getpid()}]: already there")
+
+
+@pytest.mark.journald
+async def test_terminal_escapes_in_a_real_line_are_shown_not_sent(
+    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+) -> None:
+    """OSC 52 (write the clipboard) and OSC 0 (retitle the window) from a device's journal."""
+    osc52, osc0 = "\x1b]52;c;aGVsbG8=\x07", "\x1b]0;pwned\x07"
+    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident])
+    async with running_service(cfg, device_id):
+        send(f"clip {osc52} title {osc0}", ident)
+        await wait_async(lambda: stream_records(nats_js.url, device_id), 10, "the line shipped")
+    for output in ("short", "json"):
+        proc = await _fleet(nats_js.url, "logs", device_id, "--utc", "-o", output)
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 0, err
+        assert b"\x1b" not in out and b"\x07" not in out, out
+    assert out.decode().count("\n") == 1 and '"clip \\u001b]52;c;' in out.decode()
+    proc = await _fleet(nats_js.url, "logs", device_id, "--utc")
+    out, _ = await asyncio.wait_for(proc.communicate(), 15)
+    assert out.decode().endswith(
+        f"{ident}[{os.getpid()}]: clip \\x1b]52;c;aGVsbG8=\\x07 title \\x1b]0;pwned\\x07\n"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent.logs.pump import Pump
 from agent.logs.visibility import JournalPaths, blind_reason
 from tests.logs.helpers import make_config, running_service, stream_records, wait_async
 from tests.logs.journald import Journald, journalctl_json, send, systemd_cat, unique
@@ -226,3 +228,33 @@ async def test_reopening_to_drop_mappings_loses_and_repeats_nothing(
     async with running_service(cfg, device_id):
         records = await _wait_records(nats_js.url, device_id, 3000)
     assert [r["cursor"] for r in records] == [e["__CURSOR"] for e in journalctl_json("-t", ident)]
+
+
+async def test_a_journal_error_is_shown_then_retried(
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed generation says `error` in the summary, then starts again (on `retrying`)."""
+    failures = [OSError(errno.EIO, "injected: a journal file cannot be read")]
+
+    class FailsOnce(Pump):
+        def _position(self) -> None:
+            if failures:
+                raise failures.pop()
+            super()._position()
+
+    monkeypatch.setattr("agent.logs.service.Pump", FailsOnce)
+    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident])
+    async with running_service(cfg, device_id) as run:
+        s = await wait_async(
+            lambda: (x := run.svc.summary()).state == "error" and x, 5, "the error in the summary"
+        )
+        assert s.detail is not None and "injected" in s.detail
+        await wait_async(lambda: run.svc.summary().state == "shipping", 10, "shipping again")
+        send("after the error", ident)
+        r = await _wait_records(nats_js.url, device_id, 1)
+    assert r[0]["message"] == "after the error" and not failures

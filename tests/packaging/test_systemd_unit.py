@@ -56,6 +56,21 @@ def test_unit_setting(key: str, value: str) -> None:
     assert settings().get(key) == [value]
 
 
+@pytest.mark.parametrize(
+    ("unit", "args"),
+    [
+        ("harmony-agent-upgrade.service", []),
+        ("harmony-agent-upgrade-recover.service", ["--recover"]),
+    ],
+)
+def test_upgrade_units_run_the_one_root_entry(unit: str, args: list[str]) -> None:
+    """Both root-side units start `agent.upgrade.root` (tests/upgrade/test_root.py runs it)."""
+    (cmd,) = settings(UNIT.parent / unit)["ExecStart"]
+    assert cmd.lstrip("-").split() == [
+        "/usr/bin/python3", "-s", "-B", "-m", "agent.upgrade.root", *args
+    ]
+
+
 def test_watchdog_is_on() -> None:
     (value,) = settings()["WatchdogSec"]
     assert re.fullmatch(r"\d+s", value) and int(value[:-1]) >= 10

@@ -1,4 +1,8 @@
-"""A device in a temp dir for the root switch: releases, `current`, a supervised real agent."""
+"""A device in a temp dir for the root switch: releases, `current`, a supervised real agent.
+
+The supervised agent is told the root side's paths (HARMONY_UPGRADE_*), so it
+relays the switch's status file to NATS as on a device.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -16,31 +21,30 @@ from agent.health import read_health
 from agent.upgrade.handover import stage
 from agent.upgrade.layout import MARKER, Layout, Staging
 from agent.upgrade.release import flip_current
-from agent.upgrade.root import NatsStatusSink
 from agent.upgrade.states import State
 from agent.upgrade.switch import Switch
 from harmony_core.bus import Bus
-from harmony_core.contracts import Artifact, UpgradeRequest, UpgradeStatus, utcnow
+from harmony_core.contracts import Artifact, UpgradeRequest, utcnow
 from tests.agentproc import write_config
 from tests.natsserver import wait_for
 from tests.upgrade.helpers import build_deb, signed, write_pub
 from tests.upgrade.supervisor import Supervisor
 from tests.upgrade.variants import make_tree, release_files
 
-__all__ = ["DEVICE", "REPO", "Rig", "nats_sink"]
+__all__ = ["DEVICE", "REPO", "Rig", "status_bus"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "dev-up"
 
 
 @contextlib.asynccontextmanager
-async def nats_sink(url: str) -> AsyncIterator[tuple[NatsStatusSink, Bus]]:
-    """A connected status sink (the root side's) and its bus, for one test."""
+async def status_bus(url: str) -> AsyncIterator[Bus]:
+    """A connected bus to read what reached NATS, for one test."""
     bus = Bus(NatsSection(servers=[url]), name="test-switch")
     task = asyncio.create_task(bus.run())
     try:
         assert await bus.wait_connected(10)
-        yield NatsStatusSink(bus, "agent-upgrade-status"), bus
+        yield bus
     finally:
         await bus.close()
         task.cancel()
@@ -58,18 +62,21 @@ class Rig:
         keys = tmp / "keys"
         write_pub(self.key, keys)
         self.cfg_path = write_config(
-            tmp / "agent.toml", servers=[url], device_id=DEVICE, interval="500ms",
+            tmp / "agent.toml", servers=[url], device_id=DEVICE, interval="500ms", upgrade=True,
             extra=f'trusted_keys_dir = "{keys}"\nconfirm_window = "{window}"\nkeep_releases = 2',
         )
         self.cfg: Config = load_config(self.cfg_path)
         self.layout = Layout(
             root=tmp / "opt", journal_dir=tmp / "upgrade-journal", config=self.cfg_path,
-            dpkg_list=tmp / "dpkg.list",
+            dpkg_list=tmp / "dpkg.list", state_dir=self.cfg.agent.state_dir,
         )
         self.staging = Staging(self.cfg.agent.state_dir)
         self.install("0.1.0")
         flip_current(self.layout.root, "0.1.0")
-        self.sup = Supervisor(self.layout.current, self.cfg_path, tmp)
+        env = {"HARMONY_UPGRADE_ROOT": str(self.layout.root),
+               "HARMONY_UPGRADE_JOURNAL_DIR": str(self.layout.journal_dir),
+               "HARMONY_UPGRADE_STATE_DIR": str(self.layout.state_dir)}
+        self.sup = Supervisor(self.layout.current, self.cfg_path, tmp, env=env)
 
     def install(self, version: str, variant: str = "good") -> None:
         """Put a release on disk directly, like apt would."""
@@ -105,10 +112,9 @@ class Rig:
         copy.write_bytes(deb.read_bytes())
         stage(self.staging, signed(req, self.key), copy)
 
-    def switch(self, sink: NatsStatusSink | None = None,
-               after_save: Callable[[State], None] | None = None) -> Switch:
-        return Switch(self.layout, self.cfg, DEVICE, self.sup, sink or _NoSink(),
-                      arch=None, poll_s=0.1, after_save=after_save)
+    def switch(self, after_save: Callable[[State], None] | None = None, **kw: Any) -> Switch:
+        return Switch(self.layout, self.cfg, DEVICE, self.sup, poll_s=0.1,
+                      after_save=after_save, **kw)
 
     def running(self, version: str, timeout: float = 30) -> None:
         """Wait until the supervised agent of `version` had a heartbeat acknowledged."""
@@ -122,7 +128,3 @@ class Rig:
     def close(self) -> None:
         self.sup.close()
 
-
-class _NoSink:
-    async def publish(self, status: UpgradeStatus, timeout: float) -> bool:
-        return False

@@ -27,11 +27,13 @@ __all__ = ["Supervisor"]
 
 
 class Supervisor:
-    def __init__(self, current: Path, config: Path, workdir: Path, restart_s: float = 0.3) -> None:
+    def __init__(self, current: Path, config: Path, workdir: Path, restart_s: float = 0.3,
+                 env: dict[str, str] | None = None) -> None:
         self.current = current
         self.config = config
         self.workdir = workdir
         self.restart_s = restart_s
+        self.env = env or {}
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._active = "inactive"
@@ -100,7 +102,8 @@ class Supervisor:
 
     def _spawn(self) -> None:
         release = os.path.realpath(self.current)
-        env = {**os.environ, "PYTHONPATH": release, "NOTIFY_SOCKET": str(self.notify_path)}
+        env = {**os.environ, **self.env, "PYTHONPATH": release,
+               "NOTIFY_SOCKET": str(self.notify_path)}
         env.pop("JOURNAL_STREAM", None)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "-c", str(self.config), "run"],

@@ -8,9 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from harmony_core.envelope import PAYLOAD_TYPE, keyid_of, pae, verify_envelope
+from harmony_core.envelope import (
+    MAX_SIGNATURES,
+    PAYLOAD_TYPE,
+    keyid_of,
+    pae,
+    verify_envelope,
+)
 from harmony_core.errors import UpgradeRejectedError
 from harmony_fleet.signing import sign_request
 from tests.upgrade.helpers import make_request
@@ -96,3 +105,77 @@ def test_signed_payload_that_is_not_a_request_is_rejected() -> None:
     }
     with pytest.raises(UpgradeRejectedError, match="not an UpgradeRequest"):
         verify_envelope(json.dumps(env).encode(), TRUSTED)
+
+
+# --- what one envelope may cost ------------------------------------------------------
+
+
+class Counting:
+    """A trusted key that counts the verifications asked of it."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key = key
+        self.calls = 0
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.calls += 1
+        self.key.verify(signature, data)
+
+
+def _counting(*keys: Ed25519PrivateKey) -> dict[str, Counting]:
+    return {keyid_of(k.public_key()): Counting(k.public_key()) for k in keys}
+
+
+def _with_signatures(sigs: list[dict[str, str]], key: Ed25519PrivateKey = KEY) -> bytes:
+    def f(env: dict[str, Any]) -> None:
+        env["signatures"] = sigs + env["signatures"]
+    return _env(f, key)
+
+
+def _fake(keyid: str = "") -> dict[str, str]:
+    return {"keyid": keyid, "sig": base64.b64encode(bytes(64)).decode()}
+
+
+def test_a_thousand_signatures_are_refused_before_any_verification() -> None:
+    keys = _counting(KEY, OTHER)
+    # Short signatures keep 1,000 of them under the size limit.
+    data = _with_signatures([{"sig": "AAAA"}] * 999)
+    with pytest.raises(UpgradeRejectedError, match="1000 signatures"):
+        verify_envelope(data, keys)
+    assert [k.calls for k in keys.values()] == [0, 0]
+
+
+def test_one_signature_over_the_cap_is_refused_before_any_verification() -> None:
+    keys = _counting(KEY)
+    data = _with_signatures([_fake()] * MAX_SIGNATURES)  # and the good one: one too many
+    with pytest.raises(UpgradeRejectedError, match=f"at most {MAX_SIGNATURES}"):
+        verify_envelope(data, keys)
+    assert [k.calls for k in keys.values()] == [0]
+
+
+def test_unknown_keyids_try_every_key_but_the_cap_bounds_the_work() -> None:
+    keys = _counting(KEY, OTHER, Ed25519PrivateKey.generate())
+    data = _with_signatures([_fake("unknown")] * (MAX_SIGNATURES - 1))
+    assert verify_envelope(data, keys).keyid == keyid_of(KEY.public_key())
+    # Three fakes against every key, then the good one (hinted) against its own key.
+    assert sum(k.calls for k in keys.values()) == (MAX_SIGNATURES - 1) * len(keys) + 1
+
+
+def test_a_keyid_naming_a_trusted_key_is_verified_against_that_key_only() -> None:
+    keys = _counting(KEY, OTHER)
+    other_id = keyid_of(OTHER.public_key())
+
+    def claim_other(env: dict[str, Any]) -> None:
+        env["signatures"][0]["keyid"] = other_id
+
+    with pytest.raises(UpgradeRejectedError, match="no signature by a trusted key"):
+        verify_envelope(_env(claim_other), keys)  # signed by KEY, which is trusted too
+    assert keys[other_id].calls == 1
+    assert keys[keyid_of(KEY.public_key())].calls == 0
+
+
+def test_a_signature_that_is_not_64_bytes_costs_no_verification() -> None:
+    keys = _counting(KEY)
+    data = _with_signatures([{"keyid": "", "sig": "AAAA"}])
+    assert verify_envelope(data, keys).keyid == keyid_of(KEY.public_key())
+    assert [k.calls for k in keys.values()] == [1]

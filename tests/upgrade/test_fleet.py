@@ -100,3 +100,36 @@ def test_keygen_publish_upgrade_and_status(
     rolled = st.model_copy(update={"phase": "rolled_back", "reason": "crashed"})
     _kv(nats_js.url, "agent-upgrade-status", "dev-a", status_bytes(rolled))
     assert fleet([*url, "upgrade-status", "dev-a", "--wait"]) == 1
+
+
+def test_versions_that_are_not_releases_are_refused_before_anything_is_sent(
+    tmp_path: Path, nats_js: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["-s", nats_js.url]
+    prefix = tmp_path / "op"
+    assert fleet([*url, "keygen", "--out", str(prefix)]) == 0
+    key = str(prefix.with_suffix(".key"))
+    _kv(nats_js.url, "device-info", "dev-a", _info("dev-a", {"site": "x"}))
+    # A semver pre-release: dpkg would order it after 1.5.0. The error says how to write it.
+    (tmp_path / "debs").mkdir()
+    deb, _, _ = build_deb(tmp_path / "debs", "1.5.0-rc.1")
+    capsys.readouterr()
+    assert fleet([*url, "publish-artifact", str(deb)]) == 1
+    err = capsys.readouterr().err
+    assert "1.5.0-rc.1" in err and "1.5.0~rc.1" in err, err
+    with pytest.raises(SystemExit) as exited:
+        fleet([*url, "upgrade", "dev-a", "--version", "1.5.0-rc.1", "--key", key])
+    assert exited.value.code == 2
+    assert "1.5.0~rc.1" in capsys.readouterr().err
+    assert _kv(nats_js.url, "agent-upgrade", "dev-a") is None
+
+
+@pytest.mark.parametrize("window", ["0s", "25h"])
+def test_a_confirm_window_outside_what_devices_accept_is_refused(
+    window: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        fleet(["upgrade", "dev-a", "--version", "1.0.0", "--key", "k",
+               "--confirm-window", window])
+    assert exited.value.code == 2
+    assert "confirm window" in capsys.readouterr().err

@@ -87,14 +87,18 @@ def test_the_release_gets_bytecode_named_for_its_final_path(tmp_path: Path) -> N
         (lambda t: _file(t, P + "../../../../etc/x"), "unsafe path"),
         (lambda t: _file(t, "/opt/harmony-agent/releases/0.2.0/abs"), "unsafe path"),
         (lambda t: _both(_link(t, P + "lib", "/etc"), _file(t, P + "lib/passwd")),
-         "through a symlink"),
+         "has a symlink"),
+        (lambda t: _link(t, P + "agent", "/var/lib/harmony-agent/agent"), "has a symlink"),
+        (lambda t: _link(t, P + "agent/x.py", "../y.py"), "has a symlink"),
+        (lambda t: _both(_file(t, P + "agent/x.py", b"X = 1\n"),
+                         _link(t, P + "agent/__pycache__", "/tmp")), "has a symlink"),
         (lambda t: _link(t, P + "hard", "./etc/shadow", tarfile.LNKTYPE), "hard-links outside"),
         (lambda t: _link(t, P + "dev", "", tarfile.CHRTYPE), "special file"),
         (lambda t: _both(_file(t, P + "a"), _file(t, P + "a")), "twice"),
         (lambda t: _file(t, "./usr/bin/other"), "no files under"),
     ],
-    ids=["dotdot", "absolute", "write-through-symlink", "hardlink-out", "device", "duplicate",
-         "empty-release"],
+    ids=["dotdot", "absolute", "write-through-symlink", "absolute-symlink", "relative-symlink",
+         "pycache-symlink", "hardlink-out", "device", "duplicate", "empty-release"],
 )
 def test_unsafe_archives_are_refused(tmp_path: Path, add: Callable[[tarfile.TarFile], None],
                                      reason: str) -> None:
@@ -106,15 +110,45 @@ def test_unsafe_archives_are_refused(tmp_path: Path, add: Callable[[tarfile.TarF
     assert not (tmp_path / "etc").exists()
 
 
-def test_setuid_bits_are_dropped_and_symlinks_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "kept"),
+    [(0o4755, 0o755), (0o777, 0o755), (0o666, 0o644), (0o600, 0o644), (0o700, 0o755),
+     (0o2711, 0o755), (0o644, 0o644)],
+)
+def test_modes_are_clamped_so_only_root_can_write_its_code(
+    tmp_path: Path, mode: int, kept: int
+) -> None:
+    """0777/0666 would let the agent's user edit code root runs (switch.py) — never kept."""
     def add(t: tarfile.TarFile) -> None:
-        _file(t, P + "bin/tool", b"#!/bin/sh\n", 0o4755)
-        _link(t, P + "bin/python", "/usr/bin/python3")
+        info = tarfile.TarInfo(P + "agent")
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o777
+        t.addfile(info)
+        _file(t, P + "agent/switch.py", b"X = 1\n", mode)
     _, tool = _tar(tmp_path, add)
     rel = extract_release(tmp_path / "x.deb", tmp_path / "releases", "0.2.0",
                           marker_text="{}", dpkg_deb=tool)
-    assert stat.S_IMODE(os.stat(rel / "bin" / "tool").st_mode) == 0o755
-    assert os.readlink(rel / "bin" / "python") == "/usr/bin/python3"
+    assert stat.S_IMODE(os.stat(rel / "agent" / "switch.py").st_mode) == kept
+    for d in (rel, rel / "agent", rel / "agent" / "__pycache__"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o755, d
+    for pyc in (rel / "agent" / "__pycache__").iterdir():
+        assert stat.S_IMODE(pyc.stat().st_mode) == 0o644
+
+
+def test_a_release_with_a_symlink_writes_nothing_outside(tmp_path: Path) -> None:
+    """A `__pycache__` link would have made the byte-compile write root's files elsewhere."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def add(t: tarfile.TarFile) -> None:
+        _file(t, P + "agent/x.py", b"X = 1\n")
+        _link(t, P + "agent/__pycache__", str(outside))
+    _, tool = _tar(tmp_path, add)
+    with pytest.raises(UpgradeError, match="has a symlink"):
+        extract_release(tmp_path / "x.deb", tmp_path / "releases", "0.2.0",
+                        marker_text="{}", dpkg_deb=tool)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "releases" / "0.2.0").exists()
 
 
 def test_flip_is_a_symlink_rename(tmp_path: Path) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
 import json
+import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,18 +17,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from agent.config import Config, NatsSection, parse_config
+from agent.service import Service
 from agent.upgrade import UpgradeService
-from agent.upgrade.layout import Staging
+from agent.upgrade.keys import load_trusted_keys
+from agent.upgrade.layout import Layout, Staging
 from agent.upgrade.store import ReplayStore
 from harmony_core.bus import Bus, KvEntry
-from harmony_core.contracts import Artifact, UpgradeRequest, UpgradeStatus, utcnow
+from harmony_core.contracts import (
+    Artifact,
+    UpgradeRequest,
+    UpgradeStatus,
+    UpgradeSummary,
+    utcnow,
+)
+from harmony_core.envelope import PAYLOAD_TYPE, pae
+from tests.conftest import init_layout
+from tests.logs.helpers import wait_async
 from tests.natsserver import NatsServer
 from tests.upgrade.helpers import build_deb, signed, write_pub
 
 DEV = "dev-1"
+
+
+def device_layout(tmp: Path, cfg: Config) -> Layout:
+    """The root side's paths in `tmp`, watching the config's state dir (as a device does)."""
+    return Layout(root=tmp / "opt", journal_dir=tmp / "upgrade-journal",
+                  state_dir=cfg.agent.state_dir)
 
 
 @dataclass
@@ -38,7 +61,7 @@ class Env:
 
     def service(self) -> UpgradeService:
         return UpgradeService(self.cfg, DEV, self.bus, arch="amd64",
-                              releases_root=self.tmp / "opt")
+                              layout=device_layout(self.tmp, self.cfg))
 
     def request(self, **over: Any) -> UpgradeRequest:
         path, sha, size = self.deb
@@ -168,6 +191,74 @@ async def test_unknown_key_is_rejected(env: Env) -> None:
     assert st.reason and "no signature by a trusted key" in st.reason
 
 
+def _sign_raw(body: bytes, key: Ed25519PrivateKey) -> bytes:
+    """An envelope around exactly `body`: a payload the model itself would never write."""
+    sig = key.sign(pae(PAYLOAD_TYPE, body))
+    return json.dumps({
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(body).decode(),
+        "signatures": [{"keyid": "", "sig": base64.b64encode(sig).decode()}],
+    }).encode()
+
+
+async def test_a_naive_time_is_rejected_once_with_a_reason(env: Env) -> None:
+    body = json.loads(env.request().model_dump_json())
+    body["issued_at"] = body["issued_at"].removesuffix("Z")  # no timezone: which clock?
+    await env.bus.kv_put("agent-upgrade", DEV, _sign_raw(json.dumps(body).encode(), env.key))
+    entry = await env.bus.kv_get("agent-upgrade", DEV)
+    assert entry is not None
+    svc = env.service()
+    assert await svc.handle(entry) == "rejected"
+    st = await env.status()
+    assert st.reason and "issued_at" in st.reason and "timezone" in st.reason, st.reason
+    assert await svc.handle(entry) is None, "handled once, not again at every retry"
+
+
+async def test_a_keys_dir_others_can_write_is_refused_with_the_reason(env: Env) -> None:
+    keys = env.tmp / "keys"
+    keys.chmod(0o777)
+    assert await env.service().handle(await env.put(env.request())) == "rejected"
+    st = await env.status()
+    assert st.reason and str(keys) in st.reason, st.reason
+    assert "writable by group or others" in st.reason and "chmod go-w" in st.reason
+
+
+async def test_the_event_loop_runs_while_an_envelope_is_verified(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifying, released = threading.Event(), threading.Event()
+    waited: list[bool] = []
+
+    class Held:
+        """A trusted key whose verification waits for a coroutine to run meanwhile."""
+
+        def __init__(self, key: Ed25519PublicKey) -> None:
+            self.key = key
+
+        def verify(self, signature: bytes, data: bytes) -> None:
+            verifying.set()
+            waited.append(released.wait(10))  # True only if the event loop ran meanwhile
+            self.key.verify(signature, data)
+
+    def held(directory: Path) -> tuple[dict[str, Held], list[str]]:
+        keys, problems = load_trusted_keys(directory)
+        return {kid: Held(k) for kid, k in keys.items()}, problems
+
+    monkeypatch.setattr("agent.upgrade.service.load_trusted_keys", held)
+
+    async def release_once_verifying() -> None:
+        while not verifying.is_set():
+            await asyncio.sleep(0.01)
+        released.set()
+
+    entry = await env.put(env.request())
+    async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
+        tg.create_task(release_once_verifying())
+        phase = await env.service().handle(entry)
+    assert waited == [True], "the verification blocked the event loop"
+    assert phase == "staged"
+
+
 async def test_replayed_request_id_is_rejected(env: Env) -> None:
     req = env.request()
     svc = env.service()
@@ -206,3 +297,56 @@ async def test_download_interrupted_by_a_restart_is_resumed(env: Env) -> None:
     store.remember(req.request_id, entry.revision, req.artifact.sha256, req.target_version)
     store.start(req.request_id)  # the agent was killed here
     assert await env.service().handle(entry) == "staged"
+
+
+def test_it_is_a_daemon_service(tmp_path: Path) -> None:
+    cfg = parse_config(f'[agent]\nstate_dir = "{tmp_path}"\n')
+    # Typed as the protocol: mypy --strict proves it conforms.
+    svc: Service[UpgradeSummary] = UpgradeService(
+        cfg, DEV, Bus(cfg.nats), arch="amd64", layout=device_layout(tmp_path, cfg)
+    )
+    assert svc.name == "upgrade"
+    assert svc.summary() == UpgradeSummary()
+    svc.reconfigure(cfg)
+
+
+async def test_watch_retries_until_the_buckets_exist(
+    tmp_path: Path, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started before `harmony-fleet init`: the watch fails, retries, then acts on requests."""
+    caplog.set_level(logging.WARNING, "agent.service")
+    cfg = parse_config(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[nats]\nservers = ["{nats_server.url}"]\n'
+        f'[upgrade]\ntrusted_keys_dir = "{tmp_path / "keys"}"\n'
+    )
+    bus = Bus(cfg.nats, name="test-upgrade-retry")
+    bus_task = asyncio.create_task(bus.run())
+    svc = UpgradeService(cfg, DEV, bus, arch="amd64", layout=device_layout(tmp_path, cfg))
+    started = asyncio.Event()
+    run = asyncio.create_task(svc.run(started.set))
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+
+        def retried() -> bool:
+            return any(getattr(r, "event", None) == "upgrade-requests-retry"
+                       for r in caplog.records)
+
+        await wait_async(retried, 20, "a retry of the request watch")
+        await asyncio.to_thread(init_layout, nats_server.url)
+        await bus.kv_put("agent-upgrade", DEV, b"{not an envelope")
+
+        async def rejected() -> bool:
+            e = await bus.kv_get("agent-upgrade-status", DEV)
+            return e is not None and UpgradeStatus.model_validate_json(e.value).phase == "rejected"
+
+        await wait_async(rejected, 30, "the request handled once the buckets exist")
+        assert svc.summary().phase == "rejected"
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await bus.close()
+        bus_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bus_task

@@ -9,6 +9,7 @@ import pytest
 from agent.upgrade.confirm import Judge, Observation, UnitState
 from agent.upgrade.states import (
     MAX_RESUMES,
+    MAX_STORE_COUNT,
     TERMINAL,
     Event,
     Recovery,
@@ -16,6 +17,7 @@ from agent.upgrade.states import (
     next_state,
     phase_of,
     recovery_for,
+    resume_state,
 )
 from harmony_core.contracts import Health, NatsHealth
 from tests.upgrade.helpers import NOW
@@ -72,6 +74,40 @@ def test_nothing_skips_the_watch() -> None:
 )
 def test_recovery_table(stored: str, resumes: int, action: Recovery) -> None:
     assert recovery_for(stored, resumes=resumes) is action
+
+
+@pytest.mark.parametrize(
+    ("stored", "resumes", "store_count", "to"),
+    [
+        ("verifying", 0, 0, State.FAILED),
+        ("extracting", 0, 0, State.FAILED),
+        ("switching", 0, 0, State.SWITCHING),
+        ("switching", MAX_RESUMES, 0, State.ROLLING_BACK),
+        ("watching", 0, 0, State.WATCHING),
+        ("watching", MAX_RESUMES, 0, State.ROLLING_BACK),
+        ("watching", 0, MAX_STORE_COUNT, State.ROLLING_BACK),
+        ("committing", 0, 0, State.COMMITTING),
+        ("committing", MAX_RESUMES, 0, State.COMMITTING),
+        ("rolling-back", 0, 0, State.ROLLING_BACK),
+        ("rolling-back", MAX_RESUMES, 0, State.ROLLING_BACK),
+        ("committed", 0, 0, None),
+        ("rolled-back", 0, 0, None),
+        ("failed", 0, 0, None),
+        ("rejected", 0, 0, None),
+        ("corrupt", 0, 0, State.ROLLING_BACK),
+    ],
+)
+def test_resuming_goes_through_the_table(
+    stored: str, resumes: int, store_count: int, to: State | None
+) -> None:
+    """What the switch saves before it finishes a journal found unfinished after a crash."""
+    assert resume_state(stored, resumes=resumes, store_count=store_count) is to
+
+
+def test_every_unfinished_state_can_be_resumed_or_given_up() -> None:
+    for s in set(State) - TERMINAL:
+        assert resume_state(s.value) is not None
+        assert resume_state(s.value, resumes=MAX_RESUMES) not in TERMINAL - {State.FAILED}
 
 
 def test_stored_names_are_kebab_case_and_every_state_has_a_phase() -> None:

@@ -20,7 +20,7 @@ _PATCHES: dict[str, tuple[str, str, str]] = {
         "        return  # test build: never sends READY\n",
     ),
     "no-nats": (
-        "harmony_core/bus.py",
+        "harmony_core/bus/connection.py",
         '            "servers": list(c.servers),\n',
         '            "servers": ["nats://127.0.0.1:9"],  # test build: cannot reach NATS\n',
     ),

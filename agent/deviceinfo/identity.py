@@ -14,8 +14,13 @@ MACHINE_ID_PATH = Path("/etc/machine-id")
 
 
 def read_machine_id(path: Path = MACHINE_ID_PATH) -> str | None:
+    """The machine id, or None when missing or empty.
+
+    Bytes that are not UTF-8 are kept as U+FFFD: such an id then fails the
+    device-id check with a message that shows it, instead of a traceback.
+    """
     try:
-        text = path.read_text().strip()
+        text = path.read_bytes().decode("utf-8", "replace").strip()
     except OSError:
         return None
     return text or None

@@ -1,52 +1,68 @@
-"""DeviceInfo (contract §3) from /etc/os-release, /proc, /etc/machine-id and psutil."""
+"""DeviceInfo (contract §3) from /etc/os-release, /proc, psutil and the config.
+
+A device file that is missing or not UTF-8 gives an unknown value, never an
+error: the DeviceInfo still goes out, and the agent keeps running.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import platform
 import re
 import shutil
 import socket
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
-from agent.arch import debian_arch
 from agent.config import Config
+from agent.deviceinfo.arch import debian_arch
+from agent.deviceinfo.bootid import boot_time, read_boot_id
 from agent.version import __version__
 from harmony_core.contracts import CpuInfo, DeviceInfo, DiskInfo, NetworkInterface, OsInfo, utcnow
 from harmony_core.labels import RESERVED_LABEL_PREFIX
 
-__all__ = ["collect_device_info", "debian_arch", "read_boot_id", "same_device_info"]
+__all__ = ["collect_device_info", "os_info", "same_device_info"]
+
+log = logging.getLogger("agent.deviceinfo")
+
+_CPUINFO = Path("/proc/cpuinfo")
 
 
-def read_boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _os_release(path: Path = Path("/etc/os-release")) -> OsInfo:
-    values: dict[str, str] = {}
-    for p in (path, Path("/usr/lib/os-release")):
-        try:
-            text = p.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            k, sep, v = line.partition("=")
-            if sep:
-                values[k.strip()] = v.strip().strip('"').strip("'")
-        break
-    return OsInfo(
-        id=values.get("ID", "linux"),
-        version_id=values.get("VERSION_ID", ""),
-        pretty_name=values.get("PRETTY_NAME", "Linux"),
+@functools.cache
+def _unreadable(what: str, why: str) -> None:
+    """Say once per process (and per reason) that a device file gives unknown values."""
+    log.warning(
+        "cannot read %s (%s); DeviceInfo says unknown there",
+        what,
+        why,
+        extra={"event": "deviceinfo-unreadable"},
     )
 
 
-def _cpu_model() -> str:
+def os_info(read: Callable[[], Mapping[str, str]] = platform.freedesktop_os_release) -> OsInfo:
+    """What os-release says; Linux/linux/"" when it is missing or not UTF-8.
+
+    `platform.freedesktop_os_release` reads /etc/os-release, else
+    /usr/lib/os-release, and keeps the first good read for the life of the
+    process (a failed read is tried again next time).
+    """
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        fields = read()
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        _unreadable("os-release", str(e))
+        fields = {}
+    return OsInfo(
+        id=fields.get("ID", "linux"),
+        version_id=fields.get("VERSION_ID", ""),
+        pretty_name=fields.get("PRETTY_NAME", "Linux"),
+    )
+
+
+def _cpu_model(path: Path = _CPUINFO) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
     except OSError:
         return platform.processor() or "unknown"
     for key in ("model name", "Model", "Hardware", "cpu model"):
@@ -65,8 +81,13 @@ def _label_value(text: str) -> str:
 def _network() -> list[NetworkInterface]:
     import psutil
 
+    try:
+        interfaces = psutil.net_if_addrs()
+    except OSError as e:
+        _unreadable("the network interfaces", str(e))
+        return []
     out: list[NetworkInterface] = []
-    for name, addrs in sorted(psutil.net_if_addrs().items()):
+    for name, addrs in sorted(interfaces.items()):
         if name == "lo":
             continue
         mac = None
@@ -86,13 +107,13 @@ def collect_device_info(
     """The DeviceInfo this agent would publish now."""
     import psutil
 
-    os_info = _os_release()
+    osi = os_info()
     arch = debian_arch()
     hostname = socket.gethostname()
     labels = dict(cfg.labels)
     auto = {
         "arch": arch,
-        "os": _label_value(f"{os_info.id}-{os_info.version_id}".strip("-")),
+        "os": _label_value(f"{osi.id}-{osi.version_id}".strip("-")),
         "hostname": _label_value(hostname),
         "agent-version": _label_value(__version__),
     }
@@ -103,11 +124,11 @@ def collect_device_info(
         hostname=hostname,
         labels=labels,
         agent_version=__version__,
-        os=os_info,
+        os=osi,
         kernel=platform.release(),
         arch=arch,
         boot_id=read_boot_id(),
-        booted_at=datetime.fromtimestamp(psutil.boot_time(), UTC),
+        booted_at=boot_time(),
         started_at=started_at,
         cpu=CpuInfo(model=_cpu_model(), count=psutil.cpu_count() or 1),
         memory_total_bytes=psutil.virtual_memory().total,
@@ -119,7 +140,7 @@ def collect_device_info(
 
 
 def same_device_info(a: DeviceInfo | None, b: DeviceInfo) -> bool:
-    """Equal but for `updated_at` (and `booted_at` jitter of psutil's rounding)."""
+    """Equal but for `updated_at` (and `booted_at`, which follows clock steps)."""
     if a is None:
         return False
     skip = {"updated_at", "booted_at"}

@@ -3,7 +3,8 @@
 Written at start, on any change, after every reconnect, and at least every 5
 minutes. A key that holds another machine's DeviceInfo is never overwritten
 (compare-and-set on the revision): the conflict is logged, shown in `status`,
-and retried.
+and looked at again on the agent's one retry policy (`agent.service.retrying`),
+like every other failure of the announcer.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from agent.config import Config
-from agent.deviceinfo import collect_device_info, same_device_info
+from agent.deviceinfo.collect import collect_device_info, same_device_info
 from agent.runtime import RuntimeState
+from agent.service import retrying
 from harmony_core.bus import Bus
 from harmony_core.contracts import DeviceInfo, dump_json
 from harmony_core.errors import (
@@ -31,8 +33,8 @@ __all__ = ["Announcer", "claim_and_write"]
 
 log = logging.getLogger("agent.announce")
 
-REFRESH_S = 300.0
-CHANGE_CHECK_S = 60.0
+_REFRESH_S = 300.0
+_CHANGE_CHECK_S = 60.0
 
 
 async def claim_and_write(bus: Bus, bucket: str, info: DeviceInfo) -> int:
@@ -56,6 +58,10 @@ async def claim_and_write(bus: Bus, bucket: str, info: DeviceInfo) -> int:
 
 
 class Announcer:
+    """The DeviceInfo publisher, a daemon `Service`; its state lives in the RuntimeState."""
+
+    name = "announce"
+
     def __init__(self, cfg: Config, bus: Bus, state: RuntimeState) -> None:
         self._cfg = cfg
         self._bus = bus
@@ -76,46 +82,49 @@ class Announcer:
         if changed:
             self.trigger()
 
+    def summary(self) -> None:
+        """Nothing of its own: ownership and conflicts are in the RuntimeState."""
+        return None
+
     def current(self) -> DeviceInfo:
         s = self._state
         return collect_device_info(self._cfg, s.device_id, s.machine_id, s.started_at)
 
-    async def run(self, ready: Callable[[], None]) -> None:
-        ready()
+    async def run(self, started: Callable[[], None]) -> None:
+        """Publish until cancelled; `started()` at once (never gated on NATS)."""
+        started()
+        await retrying(self.name, self._publish_forever)
+
+    async def _publish_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            retry = await self._once(loop.time())
+            wait = await self._once(loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), retry)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
     async def _once(self, now: float) -> float:
-        """One look; returns how long to wait before the next."""
-        retry = max(self._cfg.heartbeat.interval, 5.0)
+        """One look; returns how long to wait before the next. Raises what must be retried."""
         if not self._bus.connected:
-            return CHANGE_CHECK_S  # the reconnect callback wakes us
+            return _CHANGE_CHECK_S  # the reconnect callback wakes us
         info = await asyncio.to_thread(self.current)
-        due = now - self._last_written >= REFRESH_S
+        due = now - self._last_written >= _REFRESH_S
         if same_device_info(self._last, info) and not due and self._state.owned:
-            return CHANGE_CHECK_S
-        bucket = self._cfg.nats.device_info_bucket
+            return _CHANGE_CHECK_S
         try:
-            await claim_and_write(self._bus, bucket, info)
+            await claim_and_write(self._bus, self._cfg.nats.device_info_bucket, info)
         except DeviceConflictError as e:
             if self._state.conflict != str(e):
                 log.error("%s", e, extra={"event": "device-id-conflict"})
             self._state.owned = False
             self._state.conflict = str(e)
             self._state.changed.set()
-            return retry
+            raise
         except BucketMissingError as e:
             if self._state.problems.get("device-info") != str(e):
                 log.error("%s", e, extra={"event": "bucket-missing"})
             self._state.problem("device-info", str(e))
-            return retry
-        except BusError as e:
-            log.warning("DeviceInfo not written: %s", e, extra={"event": "deviceinfo-failed"})
-            return retry
+            raise
         if self._state.conflict:
             log.info("device id conflict resolved", extra={"event": "device-id-conflict-resolved"})
         if self._state.conflict or not self._state.owned:
@@ -126,4 +135,4 @@ class Announcer:
         self._last = info
         self._last_written = now
         log.info("DeviceInfo published", extra={"event": "deviceinfo-published"})
-        return CHANGE_CHECK_S
+        return _CHANGE_CHECK_S

@@ -8,7 +8,7 @@ DEMO_DIR ?= /tmp/harmony-demo
 NATS_PORT ?= 4222
 DEMO_ENV = DEMO_DIR='$(DEMO_DIR)' NATS_PORT='$(NATS_PORT)'
 
-.PHONY: all deps venv demo demo-stop demo-clean bench-agent bench-logs bench-upgrade test lint typecheck schemas example clean
+.PHONY: all deps venv demo demo-stop demo-clean bench-agent bench-logs bench-upgrade bench-auth bench-fleet test lint typecheck schemas example clean
 
 all: test
 
@@ -48,6 +48,7 @@ test: deps venv
 
 schemas: venv
 	$(BIN)/python -m harmony_core.contracts contracts
+	$(BIN)/python -m harmony_core.permissions contracts
 
 example: venv
 	$(BIN)/python -m agent.config_doc > agent.example.toml
@@ -61,6 +62,14 @@ bench-logs: deps venv
 
 bench-upgrade: deps venv
 	$(BIN)/python -m bench.upgrade --runs 3 --window 5s
+
+# N simulated devices against one nats-server; CLUSTER=1: a 3-node cluster, R3 (docs/cluster.md).
+N ?= 10000
+bench-fleet: deps venv
+	$(BIN)/python -m bench.fleet --devices $(N) $(if $(CLUSTER),--cluster)
+
+bench-auth: deps venv
+	$(BIN)/python -m bench.auth
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

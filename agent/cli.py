@@ -1,4 +1,4 @@
-"""`harmony-agent`: run | check-config | info | status | version (contract §4)."""
+"""`harmony-agent`: run | check-config | info | status | identity | version (contract §4)."""
 
 from __future__ import annotations
 
@@ -158,16 +158,70 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.identity import KeyStore
     from agent.logsetup import setup_logging
+    from harmony_core.errors import IdentityError
 
     try:
         path, cfg, device_id, machine_id = _load(args)
+        if cfg.uses_own_key:  # made here, on the first start: never by the package
+            try:
+                KeyStore(cfg.key_dir).ensure()
+            except IdentityError as e:
+                raise ConfigError(str(path), [f"identity.key_dir: {e}"]) from e
     except ConfigError as e:
         return _config_error(e)
     setup_logging(device_id, cfg.agent.log_level)
     from agent.daemon import serve
 
     return asyncio.run(serve(path, cfg, device_id, machine_id))
+
+
+def _cmd_identity(args: argparse.Namespace) -> int:
+    from agent.identity import KeyStore
+    from harmony_core import nkey
+    from harmony_core.errors import IdentityError
+
+    try:
+        path, cfg, device_id, _ = _load(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EX_CONFIG
+    store = KeyStore(cfg.key_dir)
+    try:
+        seed = store.seed()
+        pending = store.next_seed()
+    except IdentityError as e:
+        print(f"harmony-agent: {e}", file=sys.stderr)
+        return EX_FAIL
+    if seed is None:
+        print(
+            f"harmony-agent: no key yet in {cfg.key_dir}: the agent makes it on its first "
+            "start (systemctl start harmony-agent)",
+            file=sys.stderr,
+        )
+        return EX_FAIL
+    pub = nkey.public_key(seed)
+    out: dict[str, object] = {
+        "device_id": device_id,
+        "public_key": pub,
+        "fingerprint": nkey.fingerprint(pub),
+        "key_dir": str(cfg.key_dir),
+        "in_use": cfg.uses_own_key,
+        "admitted": store.admitted() == pub,
+        "rotating_to": nkey.public_key(pending) if pending else None,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return EX_OK
+    print(f"device_id:   {device_id}")
+    print(f"public_key:  {pub}")
+    print(f"fingerprint: {out['fingerprint']}")
+    if not cfg.uses_own_key:
+        print(f"(not used: [nats] in {path} names another credential)")
+    if pending:
+        print(f"rotating to: {out['rotating_to']} (kept until the fleet takes it)")
+    return EX_OK
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -208,6 +262,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=_cmd_status)
+    ident = sub.add_parser(
+        "identity",
+        parents=[common],
+        help="this device's key: device_id, public key, fingerprint (what the operator approves)",
+    )
+    ident.add_argument("--json", action="store_true", help="machine-readable output")
+    ident.set_defaults(func=_cmd_identity)
     sub.add_parser("version", help="print the version that runs").set_defaults(func=_cmd_version)
     return p
 

@@ -40,6 +40,7 @@ __all__ = [
     "AgentSection",
     "Config",
     "HeartbeatSection",
+    "IdentitySection",
     "LogsSection",
     "NatsSection",
     "UpgradeSection",
@@ -156,6 +157,14 @@ class LogsSection(Section):
         le=256 * 1024,
         description="Longer messages are cut to this size and flagged `truncated`.",
     )
+    compression: Literal["zstd", "none"] = Field(
+        default="zstd",
+        description=(
+            "How batches are sent: zstd (with the log-batch dictionary; header "
+            "`Content-Encoding: zstd`) or none (plain JSON, for readers that cannot "
+            "decompress)."
+        ),
+    )
     rate_limit_lines: int = Field(
         default=0,
         ge=0,
@@ -189,6 +198,26 @@ class UpgradeSection(Section):
     )
 
 
+class IdentitySection(Section):
+    key_dir: ConfigPath | None = Field(
+        default=None,
+        description=(
+            "Where the agent keeps its own Ed25519 key (made on its first start, 0600; it "
+            "never leaves the device). It logs in with it whenever [nats] names no other "
+            "credential. Unset: <state_dir>/identity."
+        ),
+        json_schema_extra={"example": "/var/lib/harmony-agent/identity"},
+    )
+    enroll_token_file: ConfigPath | None = Field(
+        default=None,
+        description=(
+            "A file holding the enrollment token from `harmony-fleet enroll token create` "
+            "(root:harmony-agent 0640; never logged). Sent until the device is first let in."
+        ),
+        json_schema_extra={"example": "/etc/harmony-agent/enroll-token"},
+    )
+
+
 class Config(Section):
     agent: AgentSection = AgentSection()
     labels: dict[str, str] = Field(
@@ -199,6 +228,19 @@ class Config(Section):
     heartbeat: HeartbeatSection = HeartbeatSection()
     logs: LogsSection = LogsSection()
     upgrade: UpgradeSection = UpgradeSection()
+    identity: IdentitySection = IdentitySection()
+
+    @property
+    def key_dir(self) -> Path:
+        """The device key's directory: `[identity] key_dir`, else `<state_dir>/identity`."""
+        return self.identity.key_dir or self.agent.state_dir / "identity"
+
+    @property
+    def uses_own_key(self) -> bool:
+        """Whether the agent logs in with its own key (ADR-023): [nats] names no credential."""
+        n = self.nats
+        static = (n.creds_file, n.nkey_seed_file, n.user, n.token_file, n.tls_cert_file)
+        return not any(static)
 
 
 def _toml_path(loc: tuple[int | str, ...]) -> str:
@@ -316,6 +358,19 @@ def check_files(cfg: Config) -> list[str]:
             )
         elif unsafe := unsafe_file(repr(str(path)), path.stat(), secret=secret):
             problems.append(f"nats.{key}: {unsafe}")
+    token = cfg.identity.enroll_token_file
+    if token is not None:
+        if not token.is_file():
+            problems.append(
+                f"identity.enroll_token_file: {str(token)!r} does not exist or is not a file"
+            )
+        elif not os.access(token, os.R_OK):
+            problems.append(
+                f"identity.enroll_token_file: {str(token)!r} is not readable by "
+                "this user (it should be root:harmony-agent 0640)"
+            )
+        elif unsafe := unsafe_file(repr(str(token)), token.stat(), secret=True):
+            problems.append(f"identity.enroll_token_file: {unsafe}")
     return problems
 
 

@@ -54,6 +54,10 @@ _SECTION_DOC = {
     "heartbeat": "Heartbeats to KV device-heartbeat/<device_id>.",
     "logs": "Journal lines shipped to the DEVICE_LOGS stream (subject logs.<device_id>).",
     "upgrade": "Operator-triggered self-upgrade with rollback (ADR-022).",
+    "identity": (
+        "The device's own key and enrollment (ADR-023): with no credential in [nats], the "
+        "agent logs in with its key; an operator approves it, or an enrollment token does."
+    ),
 }
 
 

@@ -25,6 +25,8 @@ from agent.config import Config, check_files, load_config
 from agent.deviceinfo import Announcer, read_boot_id
 from agent.health import write_health
 from agent.heartbeat import HeartbeatService
+from agent.identity import AuthState, DeviceLogin, IdentityService, KeyStore
+from agent.identity.login import device_facts
 from agent.logs import LogsService
 from agent.logsetup import setup_logging
 from agent.runtime import RuntimeState
@@ -36,6 +38,7 @@ from agent.version import __version__
 from harmony_core.bus import Bus, BusState
 from harmony_core.contracts import Health, LogsSummary, NatsHealth, UpgradeSummary, utcnow
 from harmony_core.errors import ConfigError
+from harmony_core.permissions import inbox_prefix
 
 __all__ = ["serve"]
 
@@ -84,7 +87,27 @@ class _Daemon:
         self.cfg = cfg
         self.notifier = Notifier()
         self.state = RuntimeState(device_id, machine_id, utcnow())
-        self.bus = Bus(cfg.nats, name=f"harmony-agent {device_id}", on_change=self._bus_changed)
+        # With no credential in [nats], the device logs in with its own key (ADR-023).
+        self.login = (
+            DeviceLogin(
+                KeyStore(cfg.key_dir),
+                device_facts(device_id, machine_id, __version__),
+                cfg.identity.enroll_token_file,
+                on_state=self._auth_changed,
+            )
+            if cfg.uses_own_key
+            else None
+        )
+        self.bus = Bus(
+            cfg.nats,
+            name=f"harmony-agent {device_id}",
+            on_change=self._bus_changed,
+            login=self.login,
+            inbox_prefix=inbox_prefix(device_id),
+        )
+        self.identity = (
+            IdentityService(self.bus, device_id, self.login) if self.login is not None else None
+        )
         self.announcer = Announcer(cfg, self.bus, self.state)
         self.heartbeat = HeartbeatService(
             cfg, self.bus, self.state, self.summaries, boot_id=read_boot_id()
@@ -102,6 +125,9 @@ class _Daemon:
     def _bus_changed(self, _: BusState) -> None:
         self.state.changed.set()
 
+    def _auth_changed(self, st: AuthState) -> None:
+        self.state.problem("auth", None if st.state == "admitted" else st.text)
+
     def services(self) -> list[Service[object]]:
         """The services that run, in start order."""
         out: list[Service[object]] = [self.announcer, self.heartbeat]
@@ -109,6 +135,8 @@ class _Daemon:
             out.append(self.logs)
         if self.upgrade is not None:
             out.append(self.upgrade)
+        if self.identity is not None:
+            out.append(self.identity)
         return out
 
     def summaries(self) -> tuple[LogsSummary | None, UpgradeSummary | None]:

@@ -72,11 +72,8 @@ def journal_wanted() -> bool:
 
 
 def setup_logging(device_id: str, level: str = "info") -> None:
-    """Route the `agent` loggers; journald when run by systemd (JOURNAL_STREAM set)."""
-    root = logging.getLogger("agent")
-    root.handlers.clear()
-    root.setLevel(level.upper())
-    root.propagate = False
+    """Route the `agent` loggers, and the shared core's (the bus) the agent runs;
+    journald when run by systemd (JOURNAL_STREAM set)."""
     handler: logging.Handler | None = None
     if journal_wanted():
         try:
@@ -86,6 +83,11 @@ def setup_logging(device_id: str, level: str = "info") -> None:
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_StderrFormatter(device_id))
-    root.addHandler(handler)
+    for name in ("agent", "harmony_core"):
+        root = logging.getLogger(name)
+        root.handlers.clear()
+        root.setLevel(level.upper())
+        root.propagate = False
+        root.addHandler(handler)
     # nats-py logs reconnect noise at ERROR on its own logger; keep it quiet, we report it.
     logging.getLogger("nats").setLevel(logging.CRITICAL)

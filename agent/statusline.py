@@ -9,6 +9,9 @@ from harmony_core.durations import ago
 
 __all__ = ["status_line", "status_text"]
 
+# How the login's problems begin (agent.identity): shown first, where a person looks.
+_AUTH = "auth:"
+
 
 def _nats(h: Health) -> str:
     n = h.nats
@@ -20,7 +23,8 @@ def _nats(h: Health) -> str:
 
 def status_line(h: Health, now: datetime) -> str:
     """One line for `systemctl status` (STATUS=)."""
-    parts = [_nats(h)]
+    auth = [p for p in h.problems if p.startswith(_AUTH)]
+    parts = [*auth, _nats(h)]
     if h.conflict:
         parts.insert(0, "CONFLICT: " + h.conflict)
     parts.append(
@@ -34,7 +38,7 @@ def status_line(h: Health, now: datetime) -> str:
         parts.append(f"logs {lg.state}{why}{lag}, {lg.shipped} shipped")
     if h.upgrade is not None and h.upgrade.phase:
         parts.append(f"upgrade {h.upgrade.phase} {h.upgrade.target_version or ''}".rstrip())
-    parts.extend(h.problems)
+    parts.extend(p for p in h.problems if not p.startswith(_AUTH))
     return "; ".join(parts)
 
 
@@ -67,6 +71,9 @@ def status_text(h: Health, now: datetime, *, running: bool) -> str:
             + (f" ({u.reason})" if u.reason else "")
         )
     for p in h.problems:
-        lines.append(f"  problem:     {p}")
+        if p.startswith(_AUTH):  # the device's login (ADR-023): its own line, first
+            lines.insert(3, f"  auth:        {p.removeprefix(_AUTH).strip()}")
+        else:
+            lines.append(f"  problem:     {p}")
     lines.append(f"  updated:     {ago(h.updated_at, now)}")
     return "\n".join(lines)

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         init_layout(srv.url)
         for deb in [build_deb("amd64"), *debs.values()]:
-            assert fleet(["-s", srv.url, "publish-artifact", str(deb)]) == 0
+            assert fleet(["-s", srv.url, "publish-artifact", str(deb),
+                          "--key", str(work / "op.key")]) == 0
         with Container.create(base_tree(), "bench-upgrade") as c:
             c.boot()
             c.write_file("/etc/harmony-agent/agent.toml", agent_toml(srv.url, interval="1s"),

@@ -37,6 +37,13 @@ __all__ = [
     "NatsHealth",
     "NetworkInterface",
     "OsInfo",
+    "ReleaseManifest",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutLease",
+    "RolloutOutcome",
+    "RolloutState",
+    "RolloutWave",
     "Timestamp",
     "UpgradePhase",
     "UpgradeRequest",
@@ -225,7 +232,16 @@ class LogRecord(_Model):
 
 
 class LogBatch(_Payload):
-    """Journal lines on `logs.<device_id>` in stream `DEVICE_LOGS`."""
+    """Journal lines on `logs.<device_id>` in stream `DEVICE_LOGS`.
+
+    On the wire a batch is this JSON, or, when the message has the NATS header
+    `Content-Encoding: zstd`, this JSON compressed as one zstd frame with the
+    dictionary the header `Zstd-Dictionary` names (`log-batch-1`: the file
+    `contracts/log-batch-1.zdict`; e.g. `zstd -d -D contracts/log-batch-1.zdict`).
+    A message without `Content-Encoding` is plain JSON (every agent before
+    compression, and `[logs] compression = "none"`). Readers refuse a batch that
+    decompresses to more than 4 MiB. See docs/contract.md §3.
+    """
 
     device_id: str
     records: list[LogRecord]
@@ -285,6 +301,22 @@ class DsseEnvelope(_Model):
     signatures: list[DsseSignature]
 
 
+class ReleaseManifest(_Payload):
+    """What the operator built and published: the signed payload beside the artifact.
+
+    `harmony-fleet publish-artifact --key` signs it (DSSE) over the file at hand and
+    stores it as object `<name>.manifest` in `agent-artifacts`; `harmony-fleet upgrade`
+    signs requests only from a manifest that verifies, for an artifact that matches it.
+    """
+
+    name: str = Field(description="The artifact's object name: harmony-agent_<version>_<arch>.deb.")
+    version: str
+    arch: str
+    size: int = Field(gt=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    published_at: _AwareTimestamp = Field(description="With its timezone (RFC 3339).")
+
+
 class UpgradeStatus(_Payload):
     """Where an upgrade stands; KV `agent-upgrade-status/<device_id>`."""
 
@@ -327,14 +359,98 @@ class Health(_Payload):
     upgrade: UpgradeSummary | None = None
 
 
+# --- Rollouts (operator side) ----------------------------------------------------
+
+
+RolloutState = Literal["running", "paused", "halted", "completed", "aborted"]
+# Where one device of a rollout stands. Stored names; never renamed.
+RolloutOutcome = Literal[
+    "pending",  # its wave has not started
+    "asking",  # its request is about to be written (saved before the write)
+    "asked",  # its request is written; no terminal phase yet
+    "baking",  # committed and Ready on the new version; the bake time runs
+    "succeeded",  # stayed Ready on the new version for the bake time
+    "failed",  # rolled_back, failed, rejected, no terminal phase by the deadline, or not Ready
+    "skipped",  # not Ready when its wave started: not asked, not counted
+    "conflict",  # another request replaced ours before it ended: not counted
+    "up-to-date",  # already ran the version when its wave started: not asked
+]
+
+
+class RolloutDevice(_Model):
+    id: str
+    arch: str
+    outcome: RolloutOutcome = "pending"
+    revision: int | None = Field(
+        default=None,
+        description="The device's `agent-upgrade` key revision: the one seen before our "
+        "write while `asking` (null: no key), then our request's.",
+    )
+    asked_at: Timestamp | None = None
+    since: Timestamp | None = Field(
+        default=None, description="When the outcome was reached (`baking`: when the bake began)."
+    )
+    reason: str | None = None
+
+
+class RolloutWave(_Model):
+    percent: float = Field(gt=0, le=100, description="Cumulative share of the devices.")
+    devices: list[RolloutDevice]
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
+
+
+class RolloutLease(_Model):
+    """The controller that drives the rollout; it writes at least every `ttl_s` / 3."""
+
+    holder: str
+    renewed_at: Timestamp
+    ttl_s: float = Field(gt=0)
+
+
+class Rollout(_Payload):
+    """A rollout of one version in waves; KV `agent-rollouts/<name>`, written with
+    compare-and-set only (`harmony-fleet rollout`)."""
+
+    name: str
+    uid: str = Field(description="Random at create; a device's request id is `<device>-<uid>`.")
+    version: str
+    selector: str | None = Field(
+        default=None, description="The -l it was planned from; null when devices were named."
+    )
+    created_at: Timestamp
+    created_by: str
+    keyid: str = Field(description="The signing key `create` checked; `run` signs with it.")
+    releases: dict[str, Artifact] = Field(description="Per arch, the artifact `create` checked.")
+    confirm_window_s: float | None = None
+    allow_downgrade: bool = False
+    bake_s: float = Field(ge=0)
+    deadline_s: float = Field(gt=0)
+    max_failures: int | None = Field(default=None, ge=0)
+    max_failures_percent: float | None = Field(default=None, ge=0, lt=100)
+    min_executed: int = Field(default=1, ge=1)
+    state: RolloutState = "running"
+    reason: str | None = None
+    wave: int = Field(default=-1, description="Index of the last wave started; -1: none yet.")
+    waves: list[RolloutWave]
+    excused: list[str] = Field(
+        default_factory=list,
+        description="Failed devices a `resume` after a halt accepted: no longer counted.",
+    )
+    lease: RolloutLease | None = None
+    updated_at: Timestamp
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "device-info": DeviceInfo,
     "heartbeat": Heartbeat,
     "log-batch": LogBatch,
     "upgrade-request": UpgradeRequest,
     "dsse-envelope": DsseEnvelope,
+    "release-manifest": ReleaseManifest,
     "upgrade-status": UpgradeStatus,
     "health": Health,
+    "rollout": Rollout,
 }
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "keyid_of",
     "pae",
     "verify_envelope",
+    "verify_payload",
 ]
 
 PAYLOAD_TYPE = "application/vnd.harmony.agent-upgrade.v1+json"
@@ -93,10 +94,17 @@ def _problems(e: ValidationError) -> str:
     return "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
 
 
-def verify_envelope(data: bytes, keys: Mapping[str, VerifyingKey]) -> Verified:
-    """The request in `data` if one signature by a key in `keys` verifies.
+def verify_payload(
+    data: bytes,
+    keys: Mapping[str, VerifyingKey],
+    payload_type: str = PAYLOAD_TYPE,
+    what: str = "request",
+) -> tuple[bytes, str]:
+    """The signed payload of the envelope `data` and the keyid of the trusted key that signed it.
 
-    Raises UpgradeRejectedError with a reason a person understands otherwise.
+    Only an envelope of `payload_type` is read: a signature covers its type (PAE), so
+    one kind of signed document is never taken for another. `what` names the document
+    in the reasons. Raises UpgradeRejectedError with a reason a person understands.
     At most MAX_SIGNATURES x len(keys) verifications, none for an envelope
     that is too large or carries too many signatures.
     """
@@ -106,8 +114,8 @@ def verify_envelope(data: bytes, keys: Mapping[str, VerifyingKey]) -> Verified:
         env = DsseEnvelope.model_validate_json(data)
     except (ValidationError, ValueError) as e:
         raise UpgradeRejectedError("not a DSSE envelope (invalid JSON or missing fields)") from e
-    if env.payloadType != PAYLOAD_TYPE:
-        raise UpgradeRejectedError(f"payload type {env.payloadType!r} is not {PAYLOAD_TYPE!r}")
+    if env.payloadType != payload_type:
+        raise UpgradeRejectedError(f"payload type {env.payloadType!r} is not {payload_type!r}")
     if len(env.signatures) > MAX_SIGNATURES:
         raise UpgradeRejectedError(
             f"the envelope carries {len(env.signatures)} signatures; "
@@ -125,8 +133,17 @@ def verify_envelope(data: bytes, keys: Mapping[str, VerifyingKey]) -> Verified:
             break
     if signer is None:
         raise UpgradeRejectedError(
-            "no signature by a trusted key (tampered request, or signed by an unknown key)"
+            f"no signature by a trusted key (tampered {what}, or signed by an unknown key)"
         )
+    return body, signer
+
+
+def verify_envelope(data: bytes, keys: Mapping[str, VerifyingKey]) -> Verified:
+    """The request in `data` if one signature by a key in `keys` verifies (`verify_payload`).
+
+    Raises UpgradeRejectedError with a reason a person understands otherwise.
+    """
+    body, signer = verify_payload(data, keys)
     try:
         request = UpgradeRequest.model_validate_json(body)
     except ValidationError as e:

@@ -9,9 +9,12 @@ __all__ = [
     "BusUnavailableError",
     "ConfigError",
     "DeviceConflictError",
+    "IdentityError",
     "JournalError",
     "ObjectMissingError",
+    "PayloadError",
     "RevisionMismatchError",
+    "RolloutError",
     "UnknownDeviceError",
     "UpgradeError",
     "UpgradeRejectedError",
@@ -87,8 +90,20 @@ class UnknownDeviceError(AgentError):
         super().__init__(f'no device "{device_id}" (see harmony-fleet devices)')
 
 
+class RolloutError(AgentError):
+    """A rollout cannot be planned, driven or changed as asked; the message says what to do."""
+
+
+class IdentityError(AgentError):
+    """Device identity (ADR-023): a key, the registry, enrollment, the auth callout."""
+
+
 class JournalError(AgentError):
     """Reading the systemd journal failed."""
+
+
+class PayloadError(AgentError):
+    """A payload cannot be encoded or read: no zstandard, unknown encoding, too large, corrupt."""
 
 
 class UpgradeError(AgentError):

@@ -25,7 +25,13 @@ __all__ = ["main"]
 
 # Each module exposes register(subparsers, parents); a command's func is
 # `async (args, bus, nats_section) -> exit code`.
-_COMMANDS = ["harmony_fleet.devices", "harmony_fleet.logs", "harmony_fleet.upgrade"]
+_COMMANDS = [
+    "harmony_fleet.devices",
+    "harmony_fleet.logs",
+    "harmony_fleet.upgrade",
+    "harmony_fleet.auth.cli",
+    "harmony_fleet.rollout.commands",
+]
 
 _EX_USAGE = 2
 _EX_UNAVAILABLE = 69

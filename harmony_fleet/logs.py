@@ -4,6 +4,11 @@ Reads the device's LogBatches from the logs stream and prints them the way
 `journalctl` does (`Nov 26 23:40:01 device identifier[pid]: message`), or one
 JSON record per line with `-o json`. Filters apply to the records: `-u` to the
 unit the line came from, `-p` to its priority (and more severe).
+
+Batches compressed by the device (`Content-Encoding: zstd`) are decompressed
+here, never to more than `harmony_core.logcodec.MAX_DECODED_BYTES`: a batch
+that would be bigger (or is not what its headers say) is skipped with a
+warning, and the lines around it still print.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from pydantic import ValidationError
 from harmony_core.bus import Bus
 from harmony_core.contracts import LogBatch, LogRecord
 from harmony_core.durations import parse_duration
+from harmony_core.errors import PayloadError
 from harmony_core.journal_names import mangle_unit, priority_of
+from harmony_core.logcodec import decode_batch
 from harmony_core.settings import NatsSection
 from harmony_fleet.devices import require_device
 from harmony_fleet.terminal import escape_controls
@@ -103,11 +110,14 @@ async def _cmd_logs(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
     await require_device(bus, n, args.device)
     subject = f"{n.logs_subject_prefix}.{args.device}"
     shown = 0
-    async for data, _ts in bus.fetch_stream(
+    async for data, _ts, headers in bus.fetch_stream(
         n.logs_stream, subject, start_time=start, follow=args.follow
     ):
         try:
-            batch = LogBatch.model_validate_json(data)
+            batch = LogBatch.model_validate_json(decode_batch(data, headers))
+        except PayloadError as e:
+            print(f"harmony-fleet: skipped {e}", file=sys.stderr)
+            continue
         except ValidationError:
             print("harmony-fleet: skipped a malformed LogBatch", file=sys.stderr)
             continue

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from harmony_core.selectors import parse_selector
+from harmony_core.selectors import Selector, parse_selector
 from harmony_core.settings import NatsSection
 
 __all__ = ["OPTION_OF_KEY", "add_nats_options", "nats_section", "selector_arg"]
@@ -25,12 +25,15 @@ OPTION_OF_KEY = {
 }
 
 
-def selector_arg(text: str) -> dict[str, str]:
-    """`-l key=value,...` as argparse reads it: a bad one is a usage error (exit 2)."""
+def selector_arg(text: str) -> Selector:
+    """`-l SELECTOR` as kubectl reads it: a bad one is a usage error (exit 2) with kubectl's
+    message, then an example."""
     try:
         return parse_selector(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{e}; write it like site=berlin,ring=canary") from e
+        raise argparse.ArgumentTypeError(
+            f"{e}; write it like 'site=berlin,ring in (canary,beta),!retired'"
+        ) from e
 
 
 def add_nats_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:

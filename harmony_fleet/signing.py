@@ -1,4 +1,8 @@
-"""Signing upgrade requests as DSSE envelopes (operator side); `harmony_core.envelope` verifies."""
+"""Signing DSSE envelopes (operator side): upgrade requests, release manifests.
+
+`harmony_core.envelope` verifies; the signature covers PAE(payloadType, payload),
+so each kind of signed document carries its own payload type.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,19 @@ from harmony_core.envelope import PAYLOAD_TYPE, keyid_of, pae
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["sign_request"]
+__all__ = ["sign_payload", "sign_request"]
+
+
+def sign_payload(body: bytes, payload_type: str, key: Ed25519PrivateKey) -> DsseEnvelope:
+    """The DSSE envelope of exactly `body`, of `payload_type`, signed by `key`."""
+    sig = key.sign(pae(payload_type, body))
+    return DsseEnvelope(
+        payloadType=payload_type,
+        payload=base64.b64encode(body).decode(),
+        signatures=[
+            DsseSignature(keyid=keyid_of(key.public_key()), sig=base64.b64encode(sig).decode())
+        ],
+    )
 
 
 def sign_request(
@@ -26,11 +42,4 @@ def sign_request(
     body = request.model_dump_json(exclude_none=True).encode()
     if extra:
         body = json.dumps({**json.loads(body), **extra}, separators=(",", ":")).encode()
-    sig = key.sign(pae(PAYLOAD_TYPE, body))
-    return DsseEnvelope(
-        payloadType=PAYLOAD_TYPE,
-        payload=base64.b64encode(body).decode(),
-        signatures=[
-            DsseSignature(keyid=keyid_of(key.public_key()), sig=base64.b64encode(sig).decode())
-        ],
-    )
+    return sign_payload(body, PAYLOAD_TYPE, key)

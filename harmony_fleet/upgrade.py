@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -20,25 +19,25 @@ from harmony_core.contracts import (
     MAX_CONFIRM_WINDOW_S,
     Artifact,
     DeviceInfo,
+    ReleaseManifest,
     UpgradeRequest,
     UpgradeStatus,
     format_ts,
     utcnow,
 )
 from harmony_core.durations import parse_duration
-from harmony_core.envelope import keyid_of
-from harmony_core.errors import ObjectMissingError, UpgradeError
+from harmony_core.envelope import VerifyingKey, keyid_of
 from harmony_core.selectors import match_labels
 from harmony_core.settings import NatsSection
 from harmony_core.versions import parse_version
-from harmony_fleet.artifacts import ArtifactInfo, artifact_name, inspect_deb
 from harmony_fleet.devices import require_device
-from harmony_fleet.keys import load_signing_key, private_pem, public_pem
+from harmony_fleet.keys import load_public_keys, load_signing_key, private_pem, public_pem
 from harmony_fleet.options import selector_arg
+from harmony_fleet.releases import fetch_release, publish_release
 from harmony_fleet.signing import sign_request
 from harmony_fleet.terminal import escape_controls
 
-__all__ = ["TERMINAL_PHASES", "register", "status_row"]
+__all__ = ["TERMINAL_PHASES", "register", "sign_upgrade", "status_row"]
 
 TERMINAL_PHASES = frozenset({"committed", "rejected", "rolled_back", "failed"})
 _HEADER = ("DEVICE", "PHASE", "FROM→TO", "PROGRESS", "REASON", "UPDATED")
@@ -94,59 +93,67 @@ async def _cmd_keygen(args: argparse.Namespace, bus: Bus | None, n: NatsSection 
 
 
 async def _cmd_publish(args: argparse.Namespace, bus: Bus, n: NatsSection) -> int:
-    path = Path(args.file)
-    with open(path, "rb") as f:
-        info = inspect_deb(f)
-    if info.package != "harmony-agent":
-        raise UpgradeError(f"{path} is package {info.package!r}, not harmony-agent")
-    with open(path, "rb") as f:
-        size = await bus.object_upload(n.artifacts_bucket, info.name, f)
-    if size != info.size:
-        raise UpgradeError(f"uploaded {size} bytes of {info.size}; try again")
+    key = load_signing_key(Path(args.key))
+    published = await publish_release(bus, n, Path(args.file), key)
+    m, keyid = published.manifest, keyid_of(key.public_key())
     if args.json:
         print(
             json.dumps(
                 {
                     "bucket": n.artifacts_bucket,
-                    "name": info.name,
-                    "version": info.version,
-                    "arch": info.arch,
-                    "sha256": info.sha256,
-                    "size": info.size,
+                    "name": m.name,
+                    "version": m.version,
+                    "arch": m.arch,
+                    "sha256": m.sha256,
+                    "size": m.size,
+                    "manifest": published.manifest_object,
+                    "keyid": keyid,
+                    "published_at": format_ts(m.published_at),
                 }
             )
         )
     else:
         print(
-            f"published {n.artifacts_bucket}/{info.name}  version {info.version}  "
-            f"arch {info.arch}  {info.size} bytes  sha256 {info.sha256}"
+            f"published {n.artifacts_bucket}/{m.name}  version {m.version}  "
+            f"arch {m.arch}  {m.size} bytes  sha256 {m.sha256}"
         )
+        print(f"signed    {n.artifacts_bucket}/{published.manifest_object}  keyid {keyid}")
     return 0
 
 
 # --- upgrade ---------------------------------------------------------------------
 
 
-async def _artifact(bus: Bus, n: NatsSection, version: str, arch: str) -> ArtifactInfo:
-    """Download the published artifact and check it is that version for that arch.
-
-    The digest the operator signs is computed here from the bytes, never taken
-    from metadata someone else could have written.
-    """
-    buf = io.BytesIO()
-    name = artifact_name(version, arch)
-    try:
-        await bus.object_download(n.artifacts_bucket, name, buf)
-    except ObjectMissingError as e:
-        raise UpgradeError(
-            f"artifact {n.artifacts_bucket}/{name} is not published; "
-            f"publish it first: harmony-fleet publish-artifact {name}"
-        ) from e
-    buf.seek(0)
-    info = inspect_deb(buf)
-    if (info.package, info.version, info.arch) != ("harmony-agent", version, arch):
-        raise UpgradeError(f"{name} holds {info.package} {info.version} {info.arch}")
-    return info
+def sign_upgrade(
+    release: ReleaseManifest,
+    device: str,
+    key: Ed25519PrivateKey,
+    *,
+    bucket: str,
+    request_id: str,
+    issued_at: datetime,
+    expires_s: float,
+    confirm_window_s: float | None = None,
+    allow_downgrade: bool = False,
+    retry_rolled_back: bool = False,
+) -> tuple[UpgradeRequest, bytes]:
+    """The upgrade primitive: `device`'s request to run `release` (a verified manifest of
+    artifacts store `bucket`), and its signed envelope as written to `agent-upgrade`."""
+    req = UpgradeRequest(
+        request_id=request_id,
+        device_id=device,
+        target_version=release.version,
+        arch=release.arch,
+        artifact=Artifact(
+            bucket=bucket, name=release.name, sha256=release.sha256, size=release.size
+        ),
+        issued_at=issued_at,
+        expires_at=issued_at + timedelta(seconds=expires_s),
+        confirm_window_s=confirm_window_s,
+        allow_downgrade=allow_downgrade,
+    )
+    extra = {"retry_rolled_back": True} if retry_rolled_back else None
+    return req, sign_request(req, key, extra).model_dump_json().encode()
 
 
 async def _targets(args: argparse.Namespace, bus: Bus, n: NatsSection) -> dict[str, str | None]:
@@ -168,6 +175,10 @@ async def _cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> in
         print("harmony-fleet: name devices or give -l SELECTOR (one of them)", file=sys.stderr)
         return 2
     key = load_signing_key(Path(args.key))
+    # The releases it signs for are those a trusted key published (harmony_fleet.manifest).
+    trusted: dict[str, VerifyingKey] = {keyid_of(key.public_key()): key.public_key()}
+    if args.trusted_keys is not None:
+        trusted.update(load_public_keys(Path(args.trusted_keys)))
     targets = await _targets(args, bus, n)
     if not targets:
         print(
@@ -175,9 +186,8 @@ async def _cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> in
             file=sys.stderr,
         )
         return 1
-    artifacts: dict[str, ArtifactInfo] = {}
+    arches: dict[str, str] = {}
     rc = 0
-    now = utcnow()
     for device, arch in targets.items():
         arch = arch or args.arch
         if arch is None:
@@ -187,23 +197,27 @@ async def _cmd_upgrade(args: argparse.Namespace, bus: Bus, n: NatsSection) -> in
             )
             rc = 1
             continue
-        if arch not in artifacts:
-            artifacts[arch] = await _artifact(bus, n, args.version, arch)
-        a = artifacts[arch]
-        req = UpgradeRequest(
+        arches[device] = arch
+    # Every release is checked before any request is written: all devices, or none.
+    releases: dict[str, ReleaseManifest] = {}
+    for arch in sorted(set(arches.values())):
+        releases[arch] = await fetch_release(bus, n, args.version, arch, trusted)
+    now = utcnow()
+    for device, arch in arches.items():
+        a = releases[arch]
+        req, env = sign_upgrade(
+            a,
+            device,
+            key,
+            bucket=n.artifacts_bucket,
             request_id=f"{device}-{uuid.uuid4().hex[:12]}",
-            device_id=device,
-            target_version=args.version,
-            arch=arch,
-            artifact=Artifact(bucket=n.artifacts_bucket, name=a.name, sha256=a.sha256, size=a.size),
             issued_at=now,
-            expires_at=now + timedelta(seconds=args.expires),
+            expires_s=args.expires,
             confirm_window_s=args.confirm_window,
             allow_downgrade=args.allow_downgrade,
+            retry_rolled_back=args.retry_rolled_back,
         )
-        extra = {"retry_rolled_back": True} if args.retry_rolled_back else None
-        env = sign_request(req, key, extra)
-        await bus.kv_put(n.upgrade_bucket, device, env.model_dump_json().encode())
+        await bus.kv_put(n.upgrade_bucket, device, env)
         said = f"{device}: requested {args.version} ({a.name}), request {req.request_id}"
         print(escape_controls(said))
     return rc
@@ -304,9 +318,14 @@ def register(
     p = sub.add_parser(
         "publish-artifact",
         parents=parents,
-        help="upload a harmony-agent .deb to the artifacts object store",
+        help="upload a harmony-agent .deb and its signed release manifest",
     )
     p.add_argument("file", help="the .deb (as built by `make deb`)")
+    p.add_argument(
+        "--key",
+        required=True,
+        help="the private key from `harmony-fleet keygen`: signs the release manifest",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_publish)
 
@@ -315,7 +334,10 @@ def register(
     )
     u.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids")
     u.add_argument(
-        "-l", "--selector", type=selector_arg, help="every device whose labels match key=value,..."
+        "-l",
+        "--selector",
+        type=selector_arg,
+        help="every device whose labels match, as kubectl -l: k=v,'k in (a,b)',!k,...",
     )
     u.add_argument(
         "--version",
@@ -324,6 +346,12 @@ def register(
         help="the version to run (published before), e.g. 1.4.0 or 1.5.0~rc.1",
     )
     u.add_argument("--key", required=True, help="the private key from `harmony-fleet keygen`")
+    u.add_argument(
+        "--trusted-keys",
+        metavar="DIR",
+        help="also trust release manifests signed by the keys in DIR/*.pub "
+        "(its own public half is always trusted)",
+    )
     u.add_argument(
         "--confirm-window",
         type=_confirm_window,

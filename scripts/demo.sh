@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make demo` / `make demo-stop` / `make demo-clean`: a local JetStream nats-server, the
-# fleet layout, and the agent, shown Ready by `harmony-fleet devices`.
+# `make demo` / `make demo-stop` / `make demo-clean`: a local JetStream nats-server with
+# device identity (ADR-023: `harmony-fleet auth init`, the auth callout), the fleet
+# layout, an auto-approve enrollment token, and the agent enrolling itself with its own
+# key, shown Ready by `harmony-fleet devices`.
 #
 #   scripts/demo.sh start | stop | clean
 #
@@ -19,8 +21,11 @@ DEMO_DIR=$(realpath -m "${DEMO_DIR:-/tmp/harmony-demo}")
 NATS_PORT=${NATS_PORT:-4222}
 MARK=$DEMO_DIR/.harmony-demo
 CFG=$DEMO_DIR/agent.toml
+AUTH=$DEMO_DIR/auth
 JOURNALD=/lib/systemd/systemd-journald
 export NATS_URL=nats://127.0.0.1:$NATS_PORT
+# The operator's key (auth init makes it): every harmony-fleet call below uses it.
+FLEET=("$BIN/harmony-fleet" --nkey "$AUTH/operator.nk")
 
 die() {
   echo "demo: error: $*" >&2
@@ -83,6 +88,14 @@ start() {
   mkdir -p "$DEMO_DIR"
   touch "$MARK"
 
+  echo "== harmony-fleet auth init $AUTH (keys made once, kept on every run)"
+  "$BIN/harmony-fleet" auth init "$AUTH" | sed 's/^/   /'
+  # nats-server reads an include relative to its config's directory.
+  cat >"$DEMO_DIR/nats.conf" <<EOF
+# The demo's nats-server: devices are decided by the auth callout (harmony-fleet auth serve).
+include "auth/nats-auth.conf"
+EOF
+
   local pid
   if pid=$(ours nats-server); then
     echo "== the demo's nats-server already runs (pid $pid, port $NATS_PORT)"
@@ -90,9 +103,10 @@ start() {
     die "port $NATS_PORT is taken by a process this demo did not start; " \
       "choose another: make demo NATS_PORT=14222"
   else
-    echo "== starting nats-server -js on 127.0.0.1:$NATS_PORT (store $DEMO_DIR/nats)"
-    nohup "$BIN/nats-server" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DEMO_DIR/nats" \
-      >"$DEMO_DIR/nats-server.log" 2>&1 &
+    echo "== starting nats-server -js on 127.0.0.1:$NATS_PORT (store $DEMO_DIR/nats," \
+      "config $DEMO_DIR/nats.conf)"
+    nohup "$BIN/nats-server" -c "$DEMO_DIR/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" \
+      -sd "$DEMO_DIR/nats" >"$DEMO_DIR/nats-server.log" 2>&1 &
     record nats-server $!
     for _ in $(seq 150); do listening && break; sleep 0.1; done
     listening || die "nats-server did not start; see $DEMO_DIR/nats-server.log"
@@ -113,12 +127,28 @@ start() {
     echo "== no journald runs and none can be started here: logs will show 'blind'"
   fi
 
-  echo "== harmony-fleet init"
-  "$BIN/harmony-fleet" init
+  echo "== harmony-fleet --nkey $AUTH/operator.nk init"
+  "${FLEET[@]}" init
+
+  if pid=$(ours authd); then
+    echo "== the demo's auth callout already runs (pid $pid)"
+  else
+    echo "== harmony-fleet auth serve -c $AUTH/authd.toml (log: $DEMO_DIR/authd.log)"
+    nohup "$BIN/harmony-fleet" auth serve -c "$AUTH/authd.toml" >"$DEMO_DIR/authd.log" 2>&1 &
+    record authd $!
+    for _ in $(seq 100); do grep -q auth-serving "$DEMO_DIR/authd.log" && break; sleep 0.1; done
+    grep -q auth-serving "$DEMO_DIR/authd.log" ||
+      die "the auth callout did not start; see $DEMO_DIR/authd.log"
+  fi
 
   if pid=$(ours agent); then
     echo "== the demo's agent already runs (pid $pid)"
   else
+    echo "== an enrollment token that approves at once (shown once; only its hash is kept)"
+    local token
+    token=$("${FLEET[@]}" enroll token create --auto-approve --expires 1h --note demo 2>/dev/null |
+      tail -n 1)
+    (umask 077 && printf '%s\n' "$token" >"$DEMO_DIR/enroll-token")
     local id_line="# device_id: unset, so the contents of /etc/machine-id"
     [[ -z ${DEMO_DEVICE_ID:-} ]] || id_line="device_id = \"$DEMO_DEVICE_ID\""
     cat >"$CFG" <<EOF
@@ -134,6 +164,10 @@ demo = "true"
 
 [nats]
 servers = ["$NATS_URL"]
+# No credential here: the agent makes its own key on its first start and logs in with it.
+
+[identity]
+enroll_token_file = "$DEMO_DIR/enroll-token"
 EOF
     echo "== harmony-agent check-config + run with $CFG (log: $DEMO_DIR/agent.log)"
     "$BIN/harmony-agent" -c "$CFG" check-config
@@ -143,29 +177,35 @@ EOF
   local device
   device=${DEMO_DEVICE_ID:-$(cat /etc/machine-id)}
 
-  echo "== waiting for the device $device to be Ready"
+  echo "== waiting for the device $device to enroll and be Ready"
   local ready=""
   for _ in $(seq 150); do
-    if "$BIN/harmony-fleet" devices 2>/dev/null | grep -q "^$device  *Ready "; then
+    if "${FLEET[@]}" devices 2>/dev/null | grep -q "^$device  *Ready "; then
       ready=1
       break
     fi
     ours agent >/dev/null || break
     sleep 0.2
   done
-  "$BIN/harmony-fleet" devices
+  "${FLEET[@]}" devices
   [[ -n $ready ]] || die "the device did not become Ready; see $DEMO_DIR/agent.log"
+  echo
+  "${FLEET[@]}" enroll list
+  echo
+  "$BIN/harmony-agent" -c "$CFG" identity
   echo
   "$BIN/harmony-agent" -c "$CFG" status || true
   cat <<MSG
 
-The agent and nats-server keep running in the background; all their files are
-under $DEMO_DIR. Try:
+The agent, the auth callout and nats-server keep running in the background; all
+their files are under $DEMO_DIR. Try:
   export NATS_URL=$NATS_URL
-  $BIN/harmony-fleet devices --json
-  $BIN/harmony-fleet watch
+  alias fleet='$BIN/harmony-fleet --nkey $AUTH/operator.nk'
+  fleet devices --json
+  fleet watch
+  fleet enroll list; fleet rotate $device; fleet revoke $device
   $BIN/harmony-agent -c $CFG info
-  echo hello | systemd-cat -t demo; $BIN/harmony-fleet logs $device -f
+  echo hello | systemd-cat -t demo; fleet logs $device -f
   kill -9 \$(cut -d' ' -f1 $DEMO_DIR/agent.pid)
       # then harmony-fleet devices: Stale once the heartbeat is older than 4 x interval
       # (1m at the 15s default), Offline beyond max(5m, 20 x interval) (5m)
@@ -179,6 +219,7 @@ stop() {
   # The agent first, while NATS is still there: its last heartbeat says `stopping`,
   # which `harmony-fleet devices` shows as Stopped. It exits within 5 s of SIGTERM.
   stop_one agent 15 "the agent"
+  stop_one authd 10 "the auth callout"
   stop_one nats-server 10 "nats-server"
   if [[ -f $DEMO_DIR/journald.pid ]]; then
     stop_one journald 10 "the demo's systemd-journald"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agentproc import kv_get_json
+from harmony_core.settings import NatsSection
+from tests.agentproc import run_bus
 from tests.logs.journald import Journald, unique
 from tests.natsserver import NatsServer, free_port, wait_for
 
@@ -222,6 +223,9 @@ def test_demo_keeps_to_its_dir_and_records_stopped(journald: Journald, tmp_path:
         log = demo_dir / "agent.log"
         assert "demo: " not in text, text + (log.read_text()[-3000:] if log.exists() else "")
         assert re.search(rf"^{device}\s+Ready\s", text, re.M), text
+        # it enrolled itself with its own key through the auth callout
+        assert re.search(rf"^approved\s+{device}\s", text, re.M), text
+        assert "auth-enrolled" in (demo_dir / "authd.log").read_text()
         assert "using the running systemd-journald" in text
         assert f"127.0.0.1:{port}" in text
 
@@ -244,6 +248,7 @@ def test_demo_keeps_to_its_dir_and_records_stopped(journald: Journald, tmp_path:
                 proc.kill()
     assert stop.returncode == 0, stop.stderr
     assert "stopped the agent" in stop.stdout and "stopped nats-server" in stop.stdout
+    assert "stopped the auth callout" in stop.stdout
     assert "left running" in stop.stdout
     assert proc.returncode == 0, out.read_text()
 
@@ -261,12 +266,19 @@ def test_demo_keeps_to_its_dir_and_records_stopped(journald: Journald, tmp_path:
         assert not outside, f"the demo wrote outside {demo_dir}: {sorted(outside)}"
 
     # The agent stopped while NATS was still up: its last heartbeat says `stopping`.
-    srv = NatsServer(demo_dir / "nats", port=port).start()
+    # (The demo's server config: the devices' account, the operator's key.)
+    srv = NatsServer(demo_dir / "nats", port=port, extra=["-c", str(demo_dir / "nats.conf")])
+    srv.start()
+    operator = demo_dir / "auth" / "operator.nk"
     try:
-        got = kv_get_json(srv.url, "device-heartbeat", device)
-        assert got is not None and got[0]["state"] == "stopping", got
+        got = run_bus(
+            NatsSection(servers=[srv.url], nkey_seed_file=operator),
+            lambda bus: bus.kv_get("device-heartbeat", device),
+        )
+        assert got is not None and json.loads(got.value)["state"] == "stopping", got
         devices = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "harmony-fleet"), "-s", srv.url, "devices", "--json"],
+            [str(ROOT / ".venv" / "bin" / "harmony-fleet"), "-s", srv.url, "--nkey",
+             str(operator), "devices", "--json"],
             capture_output=True,
             text=True,
             timeout=30,

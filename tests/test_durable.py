@@ -143,3 +143,42 @@ def test_open_regular_gives_an_fd_and_its_stat(tmp_path: Path) -> None:
         assert st.st_size == 3 and os.read(fd, 10) == b"abc"
     finally:
         os.close(fd)
+
+
+# --- dir-fd variants: root writing into a directory the agent owns ---------------
+
+
+def test_open_dir_refuses_a_symlink_and_a_file(tmp_path: Path) -> None:
+    from agent.durable import open_dir
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "file").write_text("x")
+    os.close(open_dir(tmp_path / "real"))
+    for name in ("link", "file"):
+        with pytest.raises(UnsafeFileError):
+            open_dir(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        open_dir(tmp_path / "missing")
+
+
+def test_atomic_write_at_replaces_a_link_instead_of_following_it(tmp_path: Path) -> None:
+    from agent.durable import atomic_write_at, open_dir
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    d = tmp_path / "agents"
+    d.mkdir()
+    (d / "rolled-back.json").symlink_to(victim)
+    fd = open_dir(d)
+    try:
+        atomic_write_at(fd, "rolled-back.json", b"{}", mode=0o644)
+    finally:
+        os.close(fd)
+    assert victim.read_text() == "precious"
+    assert not (d / "rolled-back.json").is_symlink()
+    assert (d / "rolled-back.json").read_bytes() == b"{}"
+    assert (d / "rolled-back.json").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in d.iterdir()) == ["rolled-back.json"]
+    with pytest.raises(ValueError):
+        atomic_write_at(0, "../escape", b"")

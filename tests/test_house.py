@@ -116,6 +116,10 @@ _PURE = {
     "agent.upgrade.semver",
     "agent.upgrade.admission",
     "agent.upgrade.boot",
+    "harmony_fleet.rollout.plan",
+    "harmony_fleet.rollout.state",
+    "harmony_fleet.rollout.render",
+    "harmony_fleet.terminal",
 }
 # The agent's capabilities never import each other (style.md: the heartbeat reads the
 # others' summaries through what the daemon hands it).

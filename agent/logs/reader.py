@@ -9,9 +9,12 @@ a saved cursor still exists (for gap detection).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import select
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -54,7 +57,13 @@ def _journal() -> Any:
 
 
 class JournalReader:
-    """One filtered libsystemd handle plus an unfiltered probe; reopenable."""
+    """One filtered libsystemd handle plus an unfiltered probe; reopenable.
+
+    `wait()` can be cut short from another thread (`wake()`): it polls the
+    journal's inotify descriptor together with a socket pair of its own (made on
+    the first wait, closed with the journal), as `sd_journal_wait()` would poll
+    the first alone.
+    """
 
     def __init__(self, filters: Filters, max_message_bytes: int) -> None:
         self._filters = filters
@@ -64,6 +73,10 @@ class JournalReader:
         self._peeked = False
         self._base_resident = 0
         self.last_cursor: str | None = None
+        # Socket objects, not raw fds: a wake() racing close() finds a closed
+        # socket (an error), never an fd number reused by someone else.
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._woken = False
 
     # --- opening and seeking ------------------------------------------------
 
@@ -106,6 +119,10 @@ class JournalReader:
             if h is not None:
                 h.close()
         self._r = self._probe = None
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            for s in wake:
+                s.close()
 
     def seek_after(self, cursor: str) -> None:
         """Position so that next() returns the first wanted line after `cursor`."""
@@ -147,8 +164,40 @@ class JournalReader:
         return r._next, r._get_cursor, r._get_realtime, r._get_all
 
     def wait(self, timeout: float) -> int:
-        """Block until the journal changes or `timeout` s pass (libsystemd wait)."""
-        return int(self._r.wait(timeout))
+        """Block until the journal changes, `wake()` is called, or `timeout` s pass."""
+        r = self._r
+        if self._wake is None:
+            pair = socket.socketpair()
+            for s in pair:
+                s.setblocking(False)
+            self._wake = pair
+        wake_r = self._wake[0]
+        # After the sockets exist: a wake() from now on either set this already or
+        # will write to them.
+        if self._woken:
+            self._woken = False
+            return int(r.process())
+        ms = int(timeout * 1000)
+        lib_ms = r.get_timeout_ms()  # libsystemd's own deadline (a rescan), or -1
+        if lib_ms >= 0:
+            ms = min(ms, lib_ms)
+        p = select.poll()
+        p.register(r.fileno(), r.get_events())
+        p.register(wake_r.fileno(), select.POLLIN)
+        if any(fd == wake_r.fileno() for fd, _ev in p.poll(ms)):
+            self._woken = False
+            with contextlib.suppress(OSError):
+                while wake_r.recv(64):
+                    pass
+        return int(r.process())
+
+    def wake(self) -> None:
+        """Make a `wait()` in progress, or the next one, return at once (any thread)."""
+        self._woken = True
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (already woken), or closed
+                wake[1].send(b"w")
 
     @staticmethod
     def is_reopen_error(e: OSError) -> bool:

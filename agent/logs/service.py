@@ -21,7 +21,7 @@ from typing import Any, Literal
 from agent.config import Config
 from agent.logs.cursor import CursorStore, SavedCursor
 from agent.logs.pump import Batch, Pump
-from agent.logs.shipper import Shipper
+from agent.logs.shipper import Shipper, encoder_of
 from agent.logs.visibility import JournalPaths, blind_reason
 from agent.service import retrying
 from harmony_core.bus import Bus
@@ -182,6 +182,7 @@ class LogsService:
             ack_timeout=lc.ack_timeout,
             slots=slots,
             commit=self._on_commit,
+            encode=encoder_of(lc.compression),
         )
 
         def handoff(batch: Batch) -> bool:
@@ -214,12 +215,13 @@ class LogsService:
         except ExceptionGroup as eg:
             raise _why_it_ended(eg) from None
         finally:
-            stop.set()
+            pump.request_stop()
             self._shipped += shipper.shipped
             self._dropped += pump.dropped
             self._gaps += shipper.gaps
             self._pump = self._shipper = None
-            # The thread notices `stop` within ~0.5 s; let it close the journal first.
+            # Woken, the thread stops at once (or within 0.2 s when it waits for a
+            # slot); let it close the journal first.
             await asyncio.to_thread(thread.join, 5.0)
 
     async def _watch(
@@ -251,7 +253,7 @@ class LogsService:
 
     async def _drain(self, pump: Pump) -> None:
         """Before a reconfigure: stop reading, give the batches in flight a chance to be acked."""
-        pump.stop.set()
+        pump.request_stop()
         sh = self._shipper
         if sh is not None:
             await sh.drained(2 * self.cfg.logs.ack_timeout)

@@ -6,9 +6,13 @@ prefix, so the saved cursor never passes an unacknowledged line. A failed or
 timed-out publish is retried with the same `Nats-Msg-Id` (capped, jittered
 backoff), so a batch the server did store is not stored twice.
 
-A batch larger than the connected server's max_payload (built before it was
-known) is split into parts that fit, each with its own `Nats-Msg-Id`, published
-in order; the batch counts as acknowledged once every part is (`agent.logs.fit`).
+The pump hands over batches compressed (`[logs] compression`,
+harmony_core.logcodec); one that is not yet (a batch's JSON) is compressed here
+before it is published. A batch still larger than the connected server's
+max_payload (built before the limit was known) is split, as JSON, into parts
+that fit even uncompressed, each compressed again and with its own
+`Nats-Msg-Id`, published in order; the batch counts as acknowledged once every
+part is (`agent.logs.fit`).
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agent.logs.cursor import SavedCursor
 from agent.logs.fit import HEADER_ROOM, split_batch
-from agent.logs.pump import Batch, msg_id
+from agent.logs.pump import Batch, Encode, encoder_of, msg_id
 from harmony_core.bus import Bus, PubAck, backoff_delay
 from harmony_core.errors import BusError, BusUnavailableError
+from harmony_core.logcodec import decode_batch
 
-__all__ = ["Shipper"]
+# encoder_of: re-exported, the shipper's `encode` is one.
+__all__ = ["Encode", "Shipper", "encoder_of"]
 
 log = logging.getLogger("agent.logs")
 
@@ -42,10 +48,15 @@ class _Pending:
 
 @dataclass(frozen=True)
 class _Message:
-    """One message to publish: a whole batch, or a part of one split to fit max_payload."""
+    """One message to publish: a whole batch, or a part of one split to fit max_payload.
+
+    Its payload is the batch's JSON until `encoded`, then what goes on the wire.
+    """
 
     payload: bytes
     msg_id: str | None
+    headers: Mapping[str, str] | None = None
+    encoded: bool = False
 
 
 class Shipper:
@@ -61,6 +72,7 @@ class Shipper:
         ack_timeout: float,
         slots: threading.Semaphore,
         commit: Callable[[SavedCursor], None],
+        encode: Encode,
     ) -> None:
         self.bus = bus
         self.subject = subject
@@ -68,6 +80,8 @@ class Shipper:
         self.ack_timeout = ack_timeout
         self.slots = slots
         self.commit = commit
+        # Used by one thread at a time: publishing is serialised by `_publishing`.
+        self.encode = encode
         self.queue: asyncio.Queue[Batch] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._publishing = asyncio.Lock()
@@ -127,7 +141,7 @@ class Shipper:
     async def _send(self, p: _Pending) -> None:
         b = p.batch
         assert b.payload is not None
-        messages = [_Message(b.payload, b.msg_id)]
+        messages = [_Message(b.payload, b.msg_id, b.headers, b.encoded)]
         attempt = 0
         try:
             while True:
@@ -156,7 +170,10 @@ class Shipper:
         self._advance()
 
     async def _publish(self, messages: list[_Message]) -> None:
-        """Publish `messages` (split to fit first, in place) and await every ack."""
+        """Publish `messages` (encoded and split to fit first, in place) and await every ack.
+
+        A retry publishes the same messages: the same bytes, the same `Nats-Msg-Id`s.
+        """
         futs: list[asyncio.Future[PubAck]] = []
         try:
             # Issued one at a time, in order (nats-py may suspend inside a publish,
@@ -168,11 +185,15 @@ class Shipper:
                     if self.failing_since is None:
                         self.failing_since = time.monotonic()
                     await self.bus.wait_connected(self.ack_timeout)
-                messages[:] = self._fit(messages)
+                messages[:] = self._prepare(messages)
                 for m in messages:
                     futs.append(
                         await self.bus.publish_nowait(
-                            self.subject, m.payload, stream=self.stream, msg_id=m.msg_id
+                            self.subject,
+                            m.payload,
+                            stream=self.stream,
+                            msg_id=m.msg_id,
+                            headers=m.headers,
                         )
                     )
             acks = await asyncio.wait_for(
@@ -188,20 +209,25 @@ class Shipper:
             if isinstance(a, BaseException):
                 raise a
 
-    def _fit(self, messages: list[_Message]) -> list[_Message]:
-        """`messages`, those above the connected server's max_payload split into parts."""
+    def _prepare(self, messages: list[_Message]) -> list[_Message]:
+        """`messages` encoded, those above the connected server's max_payload split into parts.
+
+        The common case costs nothing: the pump encoded the batch, and it fits.
+        """
         limit = self.bus.max_payload
-        if limit is None:
-            return messages
-        room = limit - HEADER_ROOM
-        if all(len(m.payload) <= room for m in messages):
+        room = None if limit is None else limit - HEADER_ROOM
+        if all(m.encoded and (room is None or len(m.payload) <= room) for m in messages):
             return messages
         out: list[_Message] = []
         for m in messages:
-            if len(m.payload) <= room:
+            if not m.encoded:
+                payload, headers = self.encode(m.payload)
+                m = _Message(payload, m.msg_id, headers, encoded=True)
+            if room is None or len(m.payload) <= room:
                 out.append(m)
                 continue
-            parts = split_batch(m.payload, room)
+            # Split as JSON, so each part fits even if it does not compress at all.
+            parts = split_batch(decode_batch(m.payload, m.headers), room)
             log.info(
                 "logs: a batch of %d bytes split into %d for the server's max_payload of %d",
                 len(m.payload),
@@ -209,7 +235,9 @@ class Shipper:
                 limit,
                 extra={"event": "logs-batch-split"},
             )
-            out += [_Message(x.payload, msg_id(x.first_key, x.last_key)) for x in parts]
+            for x in parts:
+                payload, headers = self.encode(x.payload)
+                out.append(_Message(payload, msg_id(x.first_key, x.last_key), headers, True))
         return out
 
     def _failed(self, why: str, *, error: bool = False) -> None:

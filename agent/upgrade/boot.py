@@ -5,7 +5,7 @@ journal will end with: the new one when the upgrade is resumed or being
 committed, the old one when it is abandoned or rolled back. When `current`
 dangles (or names an incomplete release) and the journal names nothing
 usable, the newest complete release is taken, newest as dpkg orders
-versions (1.10.0 after 1.9.0). `switch.recover_on_boot` gathers the facts
+versions (1.10.0 after 1.9.0). `root.recover_on_boot` gathers the facts
 and applies the plan.
 """
 
@@ -15,8 +15,8 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.upgrade.semver import compare_versions
 from agent.upgrade.states import Recovery, recovery_for
+from harmony_core.versions import compare_versions
 
 __all__ = ["BootFacts", "BootPlan", "JournalFacts", "newest", "plan_boot"]
 

@@ -24,8 +24,8 @@ from typing import IO
 
 from agent.durable import fsync_dir
 from agent.upgrade.layout import MARKER
-from agent.upgrade.semver import Version, parse_version
 from harmony_core.errors import UpgradeError
+from harmony_core.versions import Version, parse_version
 
 __all__ = [
     "ExtractLimits",

@@ -29,14 +29,22 @@ from pydantic import ValidationError
 
 from agent.config import Config, load_config
 from agent.deviceinfo.identity import device_id_of, read_machine_id
+from agent.upgrade.boot import BootFacts, JournalFacts, plan_boot
 from agent.upgrade.journal import load_journal
 from agent.upgrade.layout import Layout
+from agent.upgrade.release import (
+    current_version,
+    flip_current,
+    is_complete,
+    is_safe_release_dir,
+    remove_partials,
+)
 from agent.upgrade.states import Recovery, recovery_for
-from agent.upgrade.switch import Switch, recover_on_boot
+from agent.upgrade.switch import Switch
 from agent.upgrade.units import SystemdUnit
 from harmony_core.errors import ConfigError
 
-__all__ = ["main", "salvage_config"]
+__all__ = ["main", "recover_on_boot", "salvage_config"]
 
 log = logging.getLogger("agent.upgrade.root")
 
@@ -119,6 +127,35 @@ def _config(layout: Layout) -> tuple[Config, str, str | None]:
         device_id = cfg.agent.device_id or "unknown"
         problem = problem or f"the config is invalid: {e}"
     return cfg, device_id, problem
+
+
+def recover_on_boot(layout: Layout) -> bool:
+    """The boot-time part (no network, fast): remove partial releases and make `current` safe.
+
+    Returns True when the journal is unfinished or its end unreported, i.e. the
+    switch service must run to finish it (it watches, rolls back, reports).
+    The decision is boot.plan_boot's; this gathers its facts and applies it.
+    """
+    remove_partials(layout.releases)
+    rec = load_journal(layout.journal)
+    journal = None
+    if rec is not None:
+        journal = JournalFacts(
+            state=rec.state, from_version=rec.from_version, to_version=rec.to_version,
+            resumes=rec.resumes, store_count=rec.store_count, published=rec.published,
+        )
+    complete: frozenset[str] = frozenset()
+    if layout.releases.is_dir():
+        complete = frozenset(p.name for p in layout.releases.iterdir()
+                             if not p.name.endswith(".tmp") and is_safe_release_dir(p)
+                             and is_complete(p))
+    plan = plan_boot(BootFacts(journal, current_version(layout.root), complete))
+    if plan.remove:
+        remove_partials(layout.releases, also=plan.remove)
+    if plan.flip_to is not None:
+        log.info("boot: pointing current at release %s", plan.flip_to)
+        flip_current(layout.root, plan.flip_to)
+    return plan.start_switch
 
 
 async def _switch(layout: Layout) -> int:

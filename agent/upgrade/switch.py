@@ -3,8 +3,8 @@
 Run through its process entry `agent.upgrade.root` (`python3 -m agent.upgrade.root`)
 by `harmony-agent-upgrade.service` (path-activated when the agent stages a
 request), with the code of the release that runs now, outside the agent's
-cgroup; `recover_on_boot` is the boot-time part (`--recover`), run by
-`harmony-agent-upgrade-recover.service` before the agent starts.
+cgroup. The boot-time part (`--recover`, `root.recover_on_boot`) decides with
+`boot.plan_boot` what a journal found unfinished at boot needs.
 
 Every state goes to the fsync'd journal *before* its side effects, then to the
 status file (`Layout.status`), which the agent relays to
@@ -32,7 +32,6 @@ from agent.deviceinfo.arch import debian_arch
 from agent.durable import atomic_write
 from agent.health import read_health
 from agent.upgrade.admission import RequestRefusedError, admit
-from agent.upgrade.boot import BootFacts, JournalFacts, plan_boot
 from agent.upgrade.checks import EXTRACT_FACTOR, MARGIN_BYTES, CheckContext, DiskSpace
 from agent.upgrade.confirm import Judge, Observation
 from agent.upgrade.handover import (
@@ -75,7 +74,7 @@ from harmony_core.contracts import UpgradeRequest, UpgradeStatus, utcnow
 from harmony_core.envelope import verify_envelope
 from harmony_core.errors import UpgradeError, UpgradeRejectedError
 
-__all__ = ["Switch", "disk_space", "recover_on_boot"]
+__all__ = ["Switch", "disk_space"]
 
 log = logging.getLogger("agent.upgrade.switch")
 
@@ -470,35 +469,6 @@ def _state(rec: JournalRecord) -> State | None:
         return State(rec.state)
     except ValueError:
         return None
-
-
-def recover_on_boot(layout: Layout) -> bool:
-    """The boot-time part (no network, fast): remove partial releases and make `current` safe.
-
-    Returns True when the journal is unfinished or its end unreported, i.e. the
-    switch service must run to finish it (it watches, rolls back, reports).
-    The decision is boot.plan_boot's; this gathers its facts and applies it.
-    """
-    remove_partials(layout.releases)
-    rec = load_journal(layout.journal)
-    journal = None
-    if rec is not None:
-        journal = JournalFacts(
-            state=rec.state, from_version=rec.from_version, to_version=rec.to_version,
-            resumes=rec.resumes, store_count=rec.store_count, published=rec.published,
-        )
-    complete: frozenset[str] = frozenset()
-    if layout.releases.is_dir():
-        complete = frozenset(p.name for p in layout.releases.iterdir()
-                             if not p.name.endswith(".tmp") and is_safe_release_dir(p)
-                             and is_complete(p))
-    plan = plan_boot(BootFacts(journal, current_version(layout.root), complete))
-    if plan.remove:
-        remove_partials(layout.releases, also=plan.remove)
-    if plan.flip_to is not None:
-        log.info("boot: pointing current at release %s", plan.flip_to)
-        flip_current(layout.root, plan.flip_to)
-    return plan.start_switch
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ choose the server and the delay (`_next_server`), again capped and jittered, so
 a fleet that lost its server does not come back in lockstep. The CLI makes one
 attempt and raises why it failed; it logs nothing itself, so the reason is
 printed once, by the CLI.
+
+A device logs in with its own nkey (ADR-023): the daemon hands a `login`
+callable that names, for each connect, the seed to sign the server's nonce with
+and the `auth_token` to send beside it (built from that nonce), and hears back
+whether that login was let in. Static credentials of `[nats]` need none of it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Literal
 from harmony_core.errors import BusUnavailableError
 from harmony_core.settings import NatsSection
 
-__all__ = ["BusState", "ConnState", "Connection", "backoff_delay"]
+__all__ = ["BusState", "ConnState", "Connection", "NkeyLogin", "backoff_delay"]
 
 log = logging.getLogger("harmony_core.bus")
 
@@ -45,6 +50,25 @@ def backoff_delay(attempt: int, cap: float, base: float = 0.5) -> float:
     return random.uniform(min(base / 2, ceiling), max(ceiling, base / 2))
 
 
+@dataclass(frozen=True)
+class NkeyLogin:
+    """One connection's nkey login: the seed, the auth_token it sends, who hears the outcome.
+
+    `token(nonce)` builds the auth_token from the server's nonce (None: send none);
+    `outcome(None)` means let in, `outcome(reason)` refused by the server. Both run
+    on the event loop, without I/O.
+    """
+
+    seed: str
+    token: Callable[[str], str | None] | None = None
+    outcome: Callable[[str | None], None] | None = None
+
+
+def _is_auth_refusal(text: str) -> bool:
+    # Not "user authentication expired": that ends a login that was let in (routine).
+    return "authorization violation" in text.lower()
+
+
 def _read_secret(path: Path) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read().strip()
@@ -59,10 +83,15 @@ class Connection:
         *,
         name: str = "harmony-agent",
         on_change: Callable[[BusState], None] | None = None,
+        login: Callable[[], NkeyLogin] | None = None,
+        inbox_prefix: str | None = None,
     ) -> None:
         self._cfg = cfg
         self._name = name
         self._on_change = on_change
+        self._login = login
+        self._login_now: NkeyLogin | None = None
+        self._inbox_prefix = inbox_prefix
         self._nc: Any = None
         self._js: Any = None
         self._connected = asyncio.Event()
@@ -72,6 +101,7 @@ class Connection:
         # The daemon logs what happens to its connection; the CLI raises it instead.
         self._logs = True
         self._closing = False
+        self._relogin = False
         self._closed = asyncio.Event()
         self.state = BusState("connecting", None, datetime.now(UTC), None)
 
@@ -131,6 +161,8 @@ class Connection:
             "reconnected_cb": self._reconnected_cb,
             "closed_cb": self._closed_cb,
         }
+        if self._inbox_prefix:
+            opts["inbox_prefix"] = self._inbox_prefix
         if c.creds_file:
             opts["user_credentials"] = str(c.creds_file)
         elif c.nkey_seed_file:
@@ -164,23 +196,70 @@ class Connection:
             if msg != last and self._logs:
                 log.warning("NATS: %s", msg, extra={"event": "nats-error"})
             self._attempt_error = msg
+            self._tell_login(msg)
         log.debug("nats error: %s", msg)
         self.state = BusState(self.state.state, self.state.server, self.state.since, msg)
 
+    def _login_expired(self) -> bool:
+        """Whether the server ended the connection because its login (user JWT) ran out."""
+        nc = self._nc
+        return nc is not None and "authentication expired" in str(nc.last_error or "").lower()
+
     async def _disconnected_cb(self) -> None:
-        if self.state.state == "connected" and not self._closing and self._logs:
+        expired = self._login_expired()
+        if self.state.state == "connected" and not self._closing and self._logs and not expired:
             log.warning(
                 "disconnected from NATS %s", self.state.server, extra={"event": "nats-disconnected"}
             )
         self._set("disconnected")
 
     async def _reconnected_cb(self) -> None:
+        self._tell_login(None)
         self._set("connected")
         log.info("reconnected to NATS %s", self.state.server, extra={"event": "nats-reconnected"})
 
     async def _closed_cb(self) -> None:
         self._set("closed")
         self._closed.set()
+
+    # --- logging in with the device's own key -----------------------------------------
+
+    def _tell_login(self, refusal: str | None) -> None:
+        """Tell the current login it was let in (None) or refused (an auth error only)."""
+        login = self._login_now
+        if login is None or login.outcome is None:
+            return
+        if refusal is None or _is_auth_refusal(refusal):
+            login.outcome(refusal)
+
+    @staticmethod
+    def _token_of(nc: Any, login: NkeyLogin) -> Callable[[], str | None]:
+        def token() -> str | None:
+            # nats-py calls this while it writes CONNECT, after signing the nonce of
+            # the INFO it just read: the same nonce the claim may need (a rotation).
+            nonce = str((getattr(nc, "_server_info", None) or {}).get("nonce") or "")
+            return login.token(nonce) if login.token else None
+
+        return token
+
+    def _login_options(self, nc: Any) -> dict[str, Any]:
+        if self._login is None:
+            return {}
+        login = self._login()
+        self._login_now = login
+        opts: dict[str, Any] = {"nkeys_seed_str": login.seed}
+        if login.token is not None:
+            opts["token"] = self._token_of(nc, login)
+        return opts
+
+    async def relogin(self) -> None:
+        """Drop the connection and log in anew (a new key, a new claim); `run` reconnects."""
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        self._relogin = True
+        with contextlib.suppress(Exception):
+            await nc.close()
 
     # --- connecting ------------------------------------------------------------------
 
@@ -202,6 +281,7 @@ class Connection:
             # refusal, never ending the daemon.
             opts = {
                 **self._options(),
+                **self._login_options(nc),
                 "allow_reconnect": stay,
                 "max_reconnect_attempts": 1,
                 "reconnect_time_wait": 0.2 if stay else 0.5,
@@ -219,11 +299,24 @@ class Connection:
             if "no servers" in why.lower():
                 why = self._attempt_error or self.state.last_error or why
             self._attempt_error = why
+            self._tell_login(why)
             raise BusUnavailableError(
                 f"cannot connect to NATS at {', '.join(self._cfg.servers)}: {why}"
             ) from e
+        if not nc.is_connected:
+            # nats-py returns from connect() when the server's first line after CONNECT is
+            # a PING rather than PONG or -ERR (an auth callout slower than 2 s): the connect
+            # was never confirmed. Treat it as what it is, a failed attempt.
+            with contextlib.suppress(Exception):
+                await nc.close()
+            why = "the server did not confirm the login in time (its auth service is slow)"
+            self._attempt_error = why
+            raise BusUnavailableError(
+                f"cannot connect to NATS at {', '.join(self._cfg.servers)}: {why}"
+            )
         if stay:
             nc.options["max_reconnect_attempts"] = -1
+        self._tell_login(None)
         return nc
 
     def _use(self, nc: Any) -> None:
@@ -271,9 +364,26 @@ class Connection:
             await self._closed.wait()
             if self._closing:
                 return
-            log.warning("NATS connection closed; connecting anew", extra={"event": "nats-closed"})
+            self._closed_why(nc)
             self._nc = None
             self._js = None
+
+    def _closed_why(self, nc: Any) -> None:
+        """Log why nats-py gave up on its connection (we start a new one either way)."""
+        why = str(getattr(nc, "last_error", None) or "")
+        if self._relogin:
+            self._relogin = False
+            log.info("logging in to NATS anew", extra={"event": "nats-relogin"})
+        elif "authentication expired" in why.lower():
+            # Routine (ADR-023 §6): the login's user JWT ran out, and nats-py gives up on
+            # the connection for it (nats.py#1019); a new one logs in through the callout.
+            log.info("NATS login expired; logging in again", extra={"event": "auth-expired"})
+        else:
+            log.warning(
+                "NATS connection closed%s; connecting anew",
+                f" ({why})" if why else "",
+                extra={"event": "nats-closed"},
+            )
 
     async def close(self) -> None:
         self._closing = True

@@ -1,7 +1,11 @@
 """The admin calls `harmony-fleet init` needs: ensure a KV bucket, an object store, a stream.
 
-Each says what it did: `created`, `exists` (already as wanted), or `updated`
-with what changed. The agent never calls these: it never creates what it uses.
+Each says what it did: `created`, `exists` (already as wanted), `updated` with
+what changed, or `refused` with what the server would not do (e.g. 3 replicas
+on a server that is not in a cluster). `replicas` None means "as it is" (1 for
+what is created); a number brings the item to that many replicas — JetStream
+moves a stream between R1 and R3 in place, keeping its messages. The agent
+never calls these: it never creates what it uses.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from harmony_core.durations import format_duration
 
 __all__ = ["Ensured", "Outcome", "ProvisionOps"]
 
-Outcome = Literal["created", "exists", "updated"]
+Outcome = Literal["created", "exists", "updated", "refused"]
 
 
 @dataclass(frozen=True)
 class Ensured:
-    """What an `ensure_*` call did; `changes` says what an update changed ("max_age 7d→1d")."""
+    """What an `ensure_*` call did; `changes` says what an update changed ("max_age 7d→1d")
+    or, when `refused`, what could not be done and why."""
 
     outcome: Outcome
     changes: tuple[str, ...] = ()
@@ -60,48 +65,110 @@ def _stream_changes(cur: Any, want: dict[str, Any]) -> list[str]:
     return out
 
 
+def _replicas(cur: Any, replicas: int | None) -> tuple[list[str], dict[str, Any]]:
+    """The phrase and the field of a change of replicas (none when `replicas` is None)."""
+    have = cur.num_replicas or 1
+    if replicas is None or have == replicas:
+        return [], {}
+    return [f"replicas {have}→{replicas}"], {"num_replicas": replicas}
+
+
+def _refusal(e: Any) -> str:
+    """The server's reason for refusing a create or update, with what to do about it."""
+    why = str(getattr(e, "description", None) or e)
+    if "non-clustered" in why:
+        return f"{why}: run NATS as a cluster, or pass --replicas 1"
+    if "no suitable peers" in why or "insufficient resources" in why:
+        return f"{why}: the cluster has fewer servers than replicas asked for"
+    return why
+
+
 class ProvisionOps(Connection):
     """Creating what the contract needs, for the operator (`harmony-fleet init`)."""
 
-    async def ensure_kv(self, bucket: str, *, history: int, description: str) -> Ensured:
-        """The KV bucket, created (file storage, `history` values per key) when missing."""
+    async def _info(self, stream: str) -> Any:
+        """The stream's info, or None when it does not exist."""
         import nats.js.errors as je
+
+        try:
+            return await self._jet().stream_info(stream)
+        except je.NotFoundError as e:
+            if e.err_code != STREAM_NOT_FOUND:
+                raise
+        return None
+
+    async def _update(self, info: Any, changes: list[str], fields: dict[str, Any]) -> Ensured:
+        """Update the stream of `info` with `fields`; `refused` (with why) if the server won't."""
+        import nats.js.errors as je
+
+        if not changes:
+            return Ensured("exists")
+        try:
+            await self._jet().update_stream(info.config.evolve(**fields))
+        except je.APIError as e:
+            if e.code not in (400, 500):
+                raise
+            return Ensured("refused", (f"cannot change {', '.join(changes)}: {_refusal(e)}",))
+        return Ensured("updated", tuple(changes))
+
+    @staticmethod
+    async def _create(create: Any, replicas: int) -> Ensured:
+        import nats.js.errors as je
+
+        try:
+            await create()
+        except je.APIError as e:
+            if replicas == 1 or e.code not in (400, 500):
+                raise
+            return Ensured("refused", (f"cannot create with {replicas} replicas: {_refusal(e)}",))
+        return Ensured("created", (f"replicas {replicas}",) if replicas > 1 else ())
+
+    async def ensure_kv(
+        self, bucket: str, *, history: int, description: str, replicas: int | None = None
+    ) -> Ensured:
+        """The KV bucket, created (file storage, `history` values per key) when missing.
+
+        With direct gets allowed: the only get a device's permissions let through
+        (ADR-023 §5); a bucket made before that gets them turned on (`updated`).
+        """
         from nats.js.api import KeyValueConfig, StorageType
 
         js = self._jet()
         with mapped("KV bucket", bucket):
-            try:
-                await js.key_value(bucket)
-                return Ensured("exists")
-            except je.BucketNotFoundError:
-                pass
-            await js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket,
-                    history=history,
-                    description=description,
-                    storage=StorageType.FILE,
-                )
+            info = await self._info(f"KV_{bucket}")
+            if info is not None:
+                changes, fields = _replicas(info.config, replicas)
+                if not info.config.allow_direct:
+                    changes.append("allow_direct off→on")
+                    fields["allow_direct"] = True
+                return await self._update(info, changes, fields)
+            config = KeyValueConfig(
+                bucket=bucket,
+                history=history,
+                description=description,
+                storage=StorageType.FILE,
+                direct=True,
+                replicas=replicas or 1,
             )
-        return Ensured("created")
+            return await self._create(lambda: js.create_key_value(config), replicas or 1)
 
-    async def ensure_object_store(self, bucket: str, *, description: str) -> Ensured:
+    async def ensure_object_store(
+        self, bucket: str, *, description: str, replicas: int | None = None
+    ) -> Ensured:
         """The object store, created (file storage) when missing."""
-        import nats.js.errors as je
         from nats.js.api import ObjectStoreConfig, StorageType
 
         js = self._jet()
         with mapped("object store", bucket):
-            try:
-                await js.object_store(bucket)
-                return Ensured("exists")
-            except je.BucketNotFoundError:
-                pass
-            await js.create_object_store(
-                bucket,
-                config=ObjectStoreConfig(description=description, storage=StorageType.FILE),
+            info = await self._info(f"OBJ_{bucket}")
+            if info is not None:
+                return await self._update(info, *_replicas(info.config, replicas))
+            config = ObjectStoreConfig(
+                description=description, storage=StorageType.FILE, replicas=replicas or 1
             )
-        return Ensured("created")
+            return await self._create(
+                lambda: js.create_object_store(bucket, config=config), replicas or 1
+            )
 
     async def ensure_stream(
         self,
@@ -112,12 +179,12 @@ class ProvisionOps(Connection):
         max_age_s: float,
         max_bytes: int,
         duplicate_window_s: float,
+        replicas: int | None = None,
     ) -> Ensured:
         """The stream with these subjects and limits: created, left alone, or updated to them.
 
         An update keeps every other setting of the existing stream.
         """
-        import nats.js.errors as je
         from nats.js.api import StorageType, StreamConfig
 
         want: dict[str, Any] = {
@@ -129,15 +196,13 @@ class ProvisionOps(Connection):
         }
         js = self._jet()
         with mapped("stream", name):
-            try:
-                info = await js.stream_info(name)
-            except je.NotFoundError as e:
-                if e.err_code != STREAM_NOT_FOUND:
-                    raise
-                await js.add_stream(StreamConfig(name=name, storage=StorageType.FILE, **want))
-                return Ensured("created")
-            changes = _stream_changes(info.config, want)
-            if not changes:
-                return Ensured("exists")
-            await js.update_stream(info.config.evolve(**want))
-        return Ensured("updated", tuple(changes))
+            info = await self._info(name)
+            if info is None:
+                config = StreamConfig(
+                    name=name, storage=StorageType.FILE, num_replicas=replicas or 1, **want
+                )
+                return await self._create(lambda: js.add_stream(config), replicas or 1)
+            changes, fields = _replicas(info.config, replicas)
+            return await self._update(
+                info, _stream_changes(info.config, want) + changes, {**want, **fields}
+            )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from harmony_core.bus._errors import mapped, translate
+from harmony_core.bus._publish import new_msg_id, publish_acked
 from harmony_core.bus.connection import Connection
 from harmony_core.errors import BusError, BusUnavailableError
 
@@ -40,22 +41,37 @@ class StreamOps(Connection):
         stream: str,
         msg_id: str | None = None,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
     ) -> PubAck:
-        """Publish to JetStream and wait for its ack."""
-        js = self._jet()
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        with mapped(_STREAM, stream):
-            ack = await js.publish(subject, payload, timeout=timeout, headers=headers)
+        """Publish to JetStream and wait for its ack; retried within `timeout` across a
+        leader election, always with the same `Nats-Msg-Id` (`msg_id`, or a fresh one)."""
+        ack = await publish_acked(
+            self,
+            subject,
+            payload,
+            headers={**(headers or {}), "Nats-Msg-Id": msg_id or new_msg_id()},
+            timeout=timeout,
+            kind=_STREAM,
+            name=stream,
+        )
         return PubAck(ack.stream, ack.seq, bool(ack.duplicate))
 
     async def publish_nowait(
-        self, subject: str, payload: bytes, *, stream: str, msg_id: str | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        stream: str,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> asyncio.Future[PubAck]:
         """Publish and return a future of the ack (bounded by the caller); it fails with ours."""
         js = self._jet()
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        hdrs = {**headers} if headers else {}
+        if msg_id:
+            hdrs["Nats-Msg-Id"] = msg_id
         with mapped(_STREAM, stream):
-            fut = await js.publish_async(subject, payload, headers=headers)
+            fut = await js.publish_async(subject, payload, headers=hdrs or None)
         loop = asyncio.get_running_loop()
         out: asyncio.Future[PubAck] = loop.create_future()
 
@@ -102,8 +118,9 @@ class StreamOps(Connection):
         *,
         start_time: datetime | None = None,
         follow: bool = False,
-    ) -> AsyncIterator[tuple[bytes, datetime | None]]:
-        """Messages of `subject` in order (ordered consumer); with `follow`, forever.
+    ) -> AsyncIterator[tuple[bytes, datetime | None, dict[str, str]]]:
+        """(payload, time, headers) of the messages of `subject` in order (ordered consumer);
+        with `follow`, forever.
 
         A follow ends with BusUnavailableError once its connection is closed for good.
         """
@@ -132,7 +149,7 @@ class StreamOps(Connection):
                             raise BusUnavailableError("the connection to NATS closed") from None
                         continue
                 meta = msg.metadata
-                yield msg.data, meta.timestamp
+                yield msg.data, meta.timestamp, dict(msg.headers or {})
                 if not follow and meta.sequence.stream >= last_seq:
                     return
         finally:

@@ -11,12 +11,15 @@ Run it (it asks PyPI, nothing is installed) after changing dependencies:
 
     .venv/bin/python packaging/deb/lock.py        # or: make deb-lock
 
-systemd-python is not locked: Debian's python3-systemd provides it.
+systemd-python is not locked: Debian's python3-systemd provides it. Neither is
+a dependency whose Debian package (`python3-<name>`) the .deb Depends on, like
+zstandard (python3-zstandard): the release imports it from dist-packages.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,9 +42,22 @@ PIP_TARGET_ARGS = [
 ]
 
 
+def debian_provided() -> set[str]:
+    """Python names whose Debian package `python3-<name>` the .deb Depends on."""
+    for line in (HERE / "control.in").read_text().splitlines():
+        if line.startswith("Depends:"):
+            names = {d.split("(")[0].strip() for d in line[8:].split(",")}
+            return {n.removeprefix("python3-") for n in names if n.startswith("python3-")}
+    return set()
+
+
 def runtime_requirements() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return list(project["dependencies"])
+    skip = debian_provided()
+    return [
+        r for r in project["dependencies"]
+        if re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() not in skip
+    ]
 
 
 def resolve(arch: str, reqs: list[str]) -> dict[str, tuple[str, str]]:

@@ -80,9 +80,11 @@ def package_depends(control: Path = CONTROL) -> tuple[str, ...]:
 
 
 # A booting systemd, apt, and every Depends of the harmony-agent package, so
-# installing it needs no mirror.
+# installing it needs no mirror. debootstrap does not resolve virtual packages:
+# python3-zstandard's python3-cffi-backend-api-* come from python3-cffi-backend.
 DEFAULT_PACKAGES = tuple(
-    sorted({"systemd", "systemd-sysv", "dbus", "apt", *package_depends()})
+    sorted({"systemd", "systemd-sysv", "dbus", "apt", "python3-cffi-backend",
+            *package_depends()})
 )
 # Units that would only add noise or run apt behind a test's back.
 _MASKED_UNITS = (

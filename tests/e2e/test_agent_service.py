@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from harmony_core.logcodec import decode_batch
 from tests.agentproc import kv_get_json, run_bus
 from tests.e2e.conftest import AGENT, Debs, agent_toml, provision, stays
 from tests.e2e.harness import Container
@@ -136,8 +137,8 @@ def test_journal_has_structured_lines(device: Container) -> None:
 def _log_records(url: str, device_id: str) -> list[dict[str, Any]]:
     async def fetch(bus: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        async for data, _ in bus.fetch_stream("DEVICE_LOGS", f"logs.{device_id}"):
-            out.extend(json.loads(data)["records"])
+        async for data, _, headers in bus.fetch_stream("DEVICE_LOGS", f"logs.{device_id}"):
+            out.extend(json.loads(decode_batch(data, headers))["records"])
         return out
 
     result: list[dict[str, Any]] = run_bus(url, fetch)

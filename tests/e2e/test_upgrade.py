@@ -156,7 +156,7 @@ def ops(device: Container, nats: NatsServer, builds: dict[str, Path],
     key.write_bytes(private_pem(_KEY))
     f = Fleet(nats.url, key, device.machine_id)
     for version, deb in {source_version(): build_deb("amd64"), **builds}.items():
-        assert f.cli("publish-artifact", str(deb)) == 0, version
+        assert f.cli("publish-artifact", str(deb), "--key", str(key)) == 0, version
         f.debs[version] = deb
     f.heartbeat_from(source_version(), utcnow() - timedelta(days=1))
     return f

@@ -181,9 +181,10 @@ def test_bad_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> Non
     assert err.startswith("harmony-fleet: --user and --password-file go together")
     assert err.count("\n") == 1 and err.endswith("; see harmony-fleet --help\n")
     with pytest.raises(SystemExit) as ei:
-        fleet(["-s", "nats://127.0.0.1:1", "devices", "-l", "site"])
+        fleet(["-s", "nats://127.0.0.1:1", "devices", "-l", "site=a b"])
     assert ei.value.code == 2
-    assert "write it like site=berlin" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "found 'b', expected: ',' or 'end of string'; write it like 'site=berlin" in err
 
 
 # --- devices: LABELS -------------------------------------------------------------------

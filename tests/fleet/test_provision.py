@@ -18,6 +18,8 @@ ITEMS = [
     "KV device-heartbeat",
     "KV agent-upgrade",
     "KV agent-upgrade-status",
+    "KV agent-rollouts",
+    "KV device-identity",
     "object store agent-artifacts",
     "stream DEVICE_LOGS",
 ]

@@ -15,3 +15,10 @@ def device_id() -> str:
 @pytest.fixture
 def ident() -> str:
     return unique("id")
+
+
+@pytest.fixture(params=["zstd", "none"])
+def compression(request: pytest.FixtureRequest) -> str:
+    """`[logs] compression`: the key tests run both ways."""
+    value: str = request.param
+    return value

@@ -17,6 +17,7 @@ from typing import Any
 from agent.config import Config, LogsSection, NatsSection, parse_config
 from agent.logs import LogsService
 from harmony_core.bus import Bus
+from harmony_core.logcodec import CONTENT_ENCODING, decode_batch
 
 
 def make_config(state_dir: Path, url: str, *, reconnect: str = "1s", **logs: Any) -> Config:
@@ -50,6 +51,7 @@ def config_toml(cfg: Config, device_id: str) -> str:
             "max_message_bytes",
             "rate_limit_lines",
             "rate_limit_bytes",
+            "compression",
         }
     }
     out = [
@@ -121,11 +123,25 @@ async def stream_records(
     await bus.connect_once()
     out: list[dict[str, Any]] = []
     try:
-        async for data, _ts in bus.fetch_stream(n.logs_stream, f"logs.{device_id}"):
-            out.extend(json.loads(data)["records"])
+        async for data, _ts, headers in bus.fetch_stream(n.logs_stream, f"logs.{device_id}"):
+            out.extend(json.loads(decode_batch(data, headers))["records"])
     finally:
         await bus.close()
     return out
+
+
+async def stream_encodings(url: str, device_id: str) -> list[str | None]:
+    """The `Content-Encoding` of every message on `logs.<device_id>` (None: plain JSON)."""
+    n = NatsSection(servers=[url])
+    bus = Bus(n, name="logs-test-reader")
+    await bus.connect_once()
+    try:
+        return [
+            h.get(CONTENT_ENCODING)
+            async for _data, _ts, h in bus.fetch_stream(n.logs_stream, f"logs.{device_id}")
+        ]
+    finally:
+        await bus.close()
 
 
 async def wait_async(
@@ -163,6 +179,7 @@ __all__ = [
     "config_toml",
     "make_config",
     "running_service",
+    "stream_encodings",
     "stream_records",
     "wait_async",
 ]

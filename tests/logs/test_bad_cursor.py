@@ -29,12 +29,15 @@ async def test_an_invalid_saved_cursor_is_a_gap_then_start_at(
     ident: str,
     bad: str,
     caplog: pytest.LogCaptureFixture,
+    compression: str,
 ) -> None:
     state = tmp_path / "state"
     (state / "logs").mkdir(parents=True)
     cursor_file = state / "logs" / "cursor"
     cursor_file.write_text(json.dumps({"schema_version": 1, "cursor": bad, "realtime_us": 5}))
-    cfg = make_config(state, nats_js.url, identifiers=[ident], start_at="now")
+    cfg = make_config(
+        state, nats_js.url, identifiers=[ident], start_at="now", compression=compression
+    )
     caplog.set_level(logging.INFO)
     async with running_service(cfg, device_id) as run:
         pump = run.svc._pump
@@ -77,6 +80,7 @@ async def test_the_gap_alone_ships_and_a_checkpoint_replaces_the_bad_cursor(
     device_id: str,
     ident: str,
     monkeypatch: pytest.MonkeyPatch,
+    compression: str,
 ) -> None:
     """No line follows the gap: its batch commits nothing; the idle checkpoint saves a real one."""
     monkeypatch.setattr("agent.logs.pump.CHECKPOINT_EVERY_S", 0.2)
@@ -84,7 +88,7 @@ async def test_the_gap_alone_ships_and_a_checkpoint_replaces_the_bad_cursor(
     cursor_file = state / "logs" / "cursor"
     cursor_file.parent.mkdir(parents=True)
     cursor_file.write_text('{"schema_version": 1, "cursor": "s=garbage"}')
-    cfg = make_config(state, nats_js.url, identifiers=[ident])
+    cfg = make_config(state, nats_js.url, identifiers=[ident], compression=compression)
     async with running_service(cfg, device_id) as run:
         recs = await wait_async(
             lambda: stream_records(nats_js.url, device_id), 10, "the gap record", 0.2

@@ -71,3 +71,33 @@ def test_odd_realtime_is_dropped_not_fatal(tmp_path: Path) -> None:
     for rt in ('"5"', "true", "1e400", "-1", "[1]"):
         p.write_text(f'{{"schema_version": 1, "cursor": "s=1;i=2", "realtime_us": {rt}}}')
         assert CursorStore(p).load() == SavedCursor("s=1;i=2", None)
+
+
+async def test_writes_come_at_most_every_min_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While acks pour in (catching up), the file is written ~every 0.1 s, not per ack."""
+    store = CursorStore(tmp_path / "cursor", min_interval=0.1)
+    writes: list[SavedCursor] = []
+    write_now = store.write_now
+
+    def counted(saved: SavedCursor) -> None:
+        writes.append(saved)
+        write_now(saved)
+
+    monkeypatch.setattr(store, "write_now", counted)
+    task = asyncio.ensure_future(store.run())
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    i = 0
+    while loop.time() - t0 < 0.5:  # an ack every ~2 ms for half a second
+        store.save(SavedCursor(f"c{i}", i))
+        i += 1
+        await asyncio.sleep(0.002)
+    await asyncio.wait_for(store.wait_idle(), 5)
+    assert i > 100
+    assert 3 <= len(writes) <= 8, len(writes)
+    assert writes[-1] == SavedCursor(f"c{i - 1}", i - 1)  # the newest always lands
+    assert [w.realtime_us for w in writes] == sorted(w.realtime_us or 0 for w in writes)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -10,12 +11,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from harmony_core.contracts import LogRecord
+from harmony_core.bus import Bus
+from harmony_core.contracts import LogBatch, LogRecord, dump_json
+from harmony_core.logcodec import MAX_DECODED_BYTES, Compressor
+from harmony_core.settings import NatsSection
 from harmony_fleet.logs import format_record, parse_since, record_matches
 from tests.logs.helpers import make_config, running_service, stream_records, wait_async
 from tests.logs.journald import Journald, send, systemd_cat
 from tests.natsserver import NatsServer
+
+STREAM = NatsSection().logs_stream
 
 
 def _rec(**kw: object) -> LogRecord:
@@ -134,3 +141,56 @@ async def test_terminal_escapes_in_a_real_line_are_shown_not_sent(
     assert out.decode().endswith(
         f"{ident}[{os.getpid()}]: clip \\x1b]52;c;aGVsbG8=\\x07 title \\x1b]0;pwned\\x07\n"
     )
+
+
+def _plain_batch(device_id: str, messages: list[str], first: int) -> bytes:
+    """A LogBatch as every agent before compression sent it: plain JSON, no headers."""
+    records = [
+        LogRecord(
+            cursor=f"s=old;i={first + i:x}",
+            realtime_us=1_795_000_000_000_000 + first + i,
+            identifier="app",
+            pid=7,
+            priority=6,
+            message=m,
+        )
+        for i, m in enumerate(messages)
+    ]
+    return dump_json(LogBatch(device_id=device_id, records=records))
+
+
+async def test_batches_of_an_older_agent_and_a_newer_one_both_read(
+    nats_js: NatsServer, device_id: str
+) -> None:
+    """Plain batches (an agent from before compression, or `compression = "none"`) and
+    zstd ones on one subject: `harmony-fleet logs` prints them all, in stream order; a
+    zip bomb from a hostile device is skipped, not inflated, and the lines after it print."""
+    subject = f"logs.{device_id}"
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 << 20))
+    compressed, headers = Compressor().compress(_plain_batch(device_id, ["new 1", "new 2"], 10))
+    assert headers is not None
+
+    async def publish(bus: Bus) -> None:
+        await bus.publish(subject, _plain_batch(device_id, ["old 1", "old 2"], 0), stream=STREAM)
+        await bus.publish(subject, compressed, stream=STREAM, headers=headers)
+        await bus.publish(subject, bomb, stream=STREAM, headers=headers)
+        await bus.publish(subject, _plain_batch(device_id, ["old 3"], 20), stream=STREAM)
+
+    bus = Bus(NatsSection(servers=[nats_js.url]), name="logs-test-writer")
+    await bus.connect_once()
+    try:
+        await publish(bus)
+    finally:
+        await bus.close()
+    for output in ("json", "short"):
+        proc = await _fleet(nats_js.url, "logs", device_id, "--utc", "-o", output)
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 0, err
+        lines = out.decode().splitlines()
+        if output == "json":
+            got = [json.loads(line)["message"] for line in lines]
+        else:
+            got = [line.rsplit(": ", 1)[1] for line in lines]
+        assert got == ["old 1", "old 2", "new 1", "new 2", "old 3"]
+        assert err.decode().count("harmony-fleet: skipped") == 1
+        assert "refused" in err.decode() and str(MAX_DECODED_BYTES) in err.decode()

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import itertools
 import json
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from agent.logs.cursor import SavedCursor
 from agent.logs.fit import split_batch, stub_record
 from agent.logs.pump import Batch, msg_id
 from agent.logs.records import FIELD_MAX_BYTES, Encoder, batch_json
-from agent.logs.shipper import Shipper
+from agent.logs.shipper import Shipper, encoder_of
 from harmony_core.bus import Bus
 from harmony_core.contracts import LogBatch, LogRecord
 from harmony_core.settings import NatsSection
@@ -199,8 +200,14 @@ async def test_a_huge_identifier_does_not_stop_shipping(
 
 
 @pytest.mark.journald
+@pytest.mark.parametrize("compression", ["zstd", "none"])
 async def test_a_server_max_payload_below_batch_max_bytes_splits(
-    journald: Journald, nats_small: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_small: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
     # Written before the service starts, so the first batches are full (512 KiB).
     for i in range(300):
@@ -216,6 +223,7 @@ async def test_a_server_max_payload_below_batch_max_bytes_splits(
         start_at="all",
         batch_max_bytes=512 * 1024,
         max_message_bytes=256 * 1024,
+        compression=compression,
     )
     async with running_service(cfg, device_id) as run:
         recs = await _arrived(nats_small.url, device_id, [e["__CURSOR"] for e in want], 30)
@@ -230,19 +238,31 @@ async def test_a_server_max_payload_below_batch_max_bytes_splits(
     got = [r["cursor"] for r in recs]
     assert got == [e["__CURSOR"] for e in want]  # in order, none twice
     big = recs[151]
-    assert big["truncated"] is True and big["message"].startswith("big yyy")
-    assert len(big["message"]) < SMALL
+    if compression == "zstd":
+        # 200 KB of "y" compresses to almost nothing: it fits whole.
+        assert big["message"] == "big " + "y" * 200_000 and "truncated" not in big
+    else:
+        assert big["truncated"] is True and big["message"].startswith("big yyy")
+        assert len(big["message"]) < SMALL
 
 
+@pytest.mark.parametrize("compression", ["zstd", "none"])
 async def test_the_shipper_splits_a_batch_the_server_would_refuse(
-    nats_small: NatsServer, device_id: str
+    nats_small: NatsServer, device_id: str, compression: str
 ) -> None:
-    """A batch built before the server's limit was known: split, in order, one commit."""
-    texts = [_rec(i, f"line {i} " + "x" * 3000) for i in range(150)]
+    """A batch built before the server's limit was known: split, in order, one commit.
+
+    Compressed, it is split as JSON and each part compressed again.
+    """
+    rng = random.Random(9)
+    # Random text: it does not compress below the server's limit either.
+    texts = [_rec(i, f"line {i} " + rng.randbytes(2250).hex()) for i in range(150)]
     texts.insert(70, _rec(1000, "z" * 200_000))
     keys = [json.loads(t)["cursor"] for t in texts]
     payload = batch_json(device_id, texts)
-    assert len(payload) > 8 * SMALL
+    wire, headers = encoder_of(compression)(payload)
+    assert len(wire) > 4 * SMALL  # compressed too, it must be split
+    assert (headers is not None) == (compression == "zstd")
     nats = NatsSection(servers=[nats_small.url])
     bus = Bus(nats, name="logs-test")
     commits: list[SavedCursor] = []
@@ -259,10 +279,12 @@ async def test_the_shipper_splits_a_batch_the_server_would_refuse(
             ack_timeout=5,
             slots=slots,
             commit=commits.append,
+            encode=encoder_of(compression),
         )
         task = asyncio.ensure_future(sh.run())
         end = SavedCursor(keys[-1], 1)
-        sh.put(Batch(payload, msg_id(keys[0], keys[-1]), len(texts), len(texts), 0, end, 1))
+        n = len(texts)
+        sh.put(Batch(payload, msg_id(keys[0], keys[-1]), n, n, 0, end, 1))
         assert await sh.drained(20), sh.error
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

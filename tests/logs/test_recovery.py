@@ -72,22 +72,27 @@ async def _all_arrived(url: str, dev: str, want: list[str]) -> list[dict[str, An
     return result
 
 
-def _daemon_config(tmp_path: Path, url: str, device_id: str, ident: str) -> Path:
+def _daemon_config(tmp_path: Path, url: str, device_id: str, ident: str, compression: str) -> Path:
     cfg = write_config(tmp_path / "agent.toml", servers=[url], device_id=device_id, logs=True)
     text = cfg.read_text().replace(
         "[logs]\nenabled = true",
         f'[logs]\nenabled = true\nidentifiers = ["{ident}"]\nstart_at = "all"\n'
-        "batch_max_lines = 200",
+        f'batch_max_lines = 200\ncompression = "{compression}"',
     )
     cfg.write_text(text)
     return cfg
 
 
 async def test_sigkill_mid_stream_then_restart_loses_nothing(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
     """The real daemon (`harmony-agent run`), SIGKILLed while lines stream in."""
-    cfg = _daemon_config(tmp_path, nats_js.url, device_id, ident)
+    cfg = _daemon_config(tmp_path, nats_js.url, device_id, ident, compression)
     writer = _Writer(ident, 20000, 4000)
     agent = AgentProcess(cfg)
     try:
@@ -137,7 +142,12 @@ def nats_synced(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 async def test_nats_outage_stops_reading_and_loses_nothing(
-    journald: Journald, nats_synced: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_synced: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
     nats_js = nats_synced
     toml = _toml(
@@ -149,6 +159,7 @@ async def test_nats_outage_stops_reading_and_loses_nothing(
         batch_max_lines=100,
         max_in_flight=4,
         ack_timeout="1s",
+        compression=compression,
     )
     agent = agent_process(toml)
     try:

@@ -21,11 +21,22 @@ def _gone(cursor: str) -> bool:
 
 
 async def test_vacuumed_cursor_gives_a_gap_and_continues(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
     if not journald.ours:
         pytest.skip("vacuums the journal: only with a journald this test session started")
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident], start_at="all")
+    cfg = make_config(
+        tmp_path / "state",
+        nats_js.url,
+        identifiers=[ident],
+        start_at="all",
+        compression=compression,
+    )
     async with running_service(cfg, device_id) as run:
         for i in range(10):
             send(f"before {i}", ident)

@@ -16,7 +16,13 @@ import pytest
 
 from agent.logs.pump import Pump
 from agent.logs.visibility import JournalPaths, blind_reason
-from tests.logs.helpers import make_config, running_service, stream_records, wait_async
+from tests.logs.helpers import (
+    make_config,
+    running_service,
+    stream_encodings,
+    stream_records,
+    wait_async,
+)
 from tests.logs.journald import Journald, journalctl_json, send, systemd_cat, unique
 from tests.natsserver import NatsServer
 
@@ -37,9 +43,20 @@ async def _wait_records(url: str, dev: str, n: int, timeout: float = 20) -> list
 
 
 async def test_lines_arrive_as_journalctl_shows_them(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident], max_priority="debug")
+    cfg = make_config(
+        tmp_path / "state",
+        nats_js.url,
+        identifiers=[ident],
+        max_priority="debug",
+        compression=compression,
+    )
     async with running_service(cfg, device_id) as run:
         for i in range(40):
             send(f"native {i}", ident, i % 8, CUSTOM="x")
@@ -61,14 +78,28 @@ async def test_lines_arrive_as_journalctl_shows_them(
         )
         assert s.lag_s is not None and s.lag_s < 5 and s.in_flight == 0
         await wait_async(lambda: run.svc.store.written == run.svc.committed, 5, "cursor saved")
+    # On the wire as configured: every batch zstd-compressed, or every one plain JSON.
+    encodings = set(await stream_encodings(nats_js.url, device_id))
+    assert encodings == ({"zstd"} if compression == "zstd" else {None})
     saved = json.loads((tmp_path / "state" / "logs" / "cursor").read_text())
     assert saved["cursor"] == oracle[-1]["__CURSOR"]
 
 
 async def test_binary_and_overlong_messages(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident], max_message_bytes=1024)
+    cfg = make_config(
+        tmp_path / "state",
+        nats_js.url,
+        identifiers=[ident],
+        max_message_bytes=1024,
+        compression=compression,
+    )
     async with running_service(cfg, device_id):
         send(b"\xff\xfe not utf-8 \x00\x01", ident)
         send("é" * 3000, ident)
@@ -83,7 +114,12 @@ async def test_binary_and_overlong_messages(
 
 
 async def test_rate_limit_drops_only_less_severe_and_says_so(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
     cfg = make_config(
         tmp_path / "state",
@@ -92,6 +128,7 @@ async def test_rate_limit_drops_only_less_severe_and_says_so(
         max_priority="debug",
         rate_limit_lines=100,
         rate_limit_burst="1s",
+        compression=compression,
     )
     async with running_service(cfg, device_id) as run:
         for i in range(3000):
@@ -119,9 +156,14 @@ async def test_rate_limit_drops_only_less_severe_and_says_so(
 
 
 async def test_blind_until_journald_is_in_sight(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, ident: str
+    journald: Journald,
+    nats_js: NatsServer,
+    tmp_path: Path,
+    device_id: str,
+    ident: str,
+    compression: str,
 ) -> None:
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident])
+    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident], compression=compression)
     missing = JournalPaths(socket=tmp_path / "no-journald.socket")
     async with running_service(cfg, device_id, journal_paths=missing, recheck_s=0.2) as run:
         s = run.svc.summary()
@@ -138,14 +180,16 @@ async def test_blind_until_journald_is_in_sight(
 
 
 async def test_reconfigure_reopens_with_new_filters(
-    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str
+    journald: Journald, nats_js: NatsServer, tmp_path: Path, device_id: str, compression: str
 ) -> None:
     a, b = unique("a"), unique("b")
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[a])
+    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[a], compression=compression)
     async with running_service(cfg, device_id) as run:
         send("a1", a)
         await _wait_records(nats_js.url, device_id, 1)
-        run.svc.reconfigure(make_config(tmp_path / "state", nats_js.url, identifiers=[b]))
+        run.svc.reconfigure(
+            make_config(tmp_path / "state", nats_js.url, identifiers=[b], compression=compression)
+        )
         await wait_async(lambda: run.svc.summary().state == "shipping", 10, "reopened")
         send("a2", a)
         send("b1", b)
@@ -160,9 +204,10 @@ async def test_checkpoint_moves_past_filtered_out_lines(
     device_id: str,
     ident: str,
     monkeypatch: pytest.MonkeyPatch,
+    compression: str,
 ) -> None:
     monkeypatch.setattr("agent.logs.pump.CHECKPOINT_EVERY_S", 0.2)
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident])
+    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident], compression=compression)
     other = unique("noise")
     async with running_service(cfg, device_id) as run:
         send("wanted", ident)
@@ -218,12 +263,18 @@ async def test_reopening_to_drop_mappings_loses_and_repeats_nothing(
     device_id: str,
     ident: str,
     monkeypatch: pytest.MonkeyPatch,
+    compression: str,
 ) -> None:
     monkeypatch.setattr("agent.logs.pump.MAP_BUDGET", -1)  # reopen after every batch
     for i in range(3000):
         send(f"line {i}", ident)
     cfg = make_config(
-        tmp_path / "state", nats_js.url, identifiers=[ident], start_at="all", batch_max_lines=100
+        tmp_path / "state",
+        nats_js.url,
+        identifiers=[ident],
+        start_at="all",
+        batch_max_lines=100,
+        compression=compression,
     )
     async with running_service(cfg, device_id):
         records = await _wait_records(nats_js.url, device_id, 3000)
@@ -237,6 +288,7 @@ async def test_a_journal_error_is_shown_then_retried(
     device_id: str,
     ident: str,
     monkeypatch: pytest.MonkeyPatch,
+    compression: str,
 ) -> None:
     """A failed generation says `error` in the summary, then starts again (on `retrying`)."""
     failures = [OSError(errno.EIO, "injected: a journal file cannot be read")]
@@ -248,7 +300,7 @@ async def test_a_journal_error_is_shown_then_retried(
             super()._position()
 
     monkeypatch.setattr("agent.logs.service.Pump", FailsOnce)
-    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident])
+    cfg = make_config(tmp_path / "state", nats_js.url, identifiers=[ident], compression=compression)
     async with running_service(cfg, device_id) as run:
         s = await wait_async(
             lambda: (x := run.svc.summary()).state == "error" and x, 5, "the error in the summary"

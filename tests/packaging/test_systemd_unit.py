@@ -1,4 +1,8 @@
-"""packaging/systemd/harmony-agent.service: the settings the contract needs, verified by systemd."""
+"""packaging/systemd/: the settings the contract needs, verified by systemd.
+
+The agent's unit, and the root side's two (the switch and the boot-time
+recovery): sandboxed too, scored by `systemd-analyze security` (issue 9).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import AgentSection
+from agent.upgrade.layout import Layout, Staging
 from tests.packaging.debbuild import REPO
 
 UNIT = REPO / "packaging" / "systemd" / "harmony-agent.service"
+SWITCH = UNIT.parent / "harmony-agent-upgrade.service"
+RECOVER = UNIT.parent / "harmony-agent-upgrade-recover.service"
+PATH_UNIT = UNIT.parent / "harmony-agent-upgrade.path"
 MAX_EXPOSURE = 2.0
+# Root services that must write releases: scored 9.0 / 9.5 before issue 9.
+MAX_ROOT_EXPOSURE = 3.0
 
 
 def settings(path: Path = UNIT) -> dict[str, list[str]]:
@@ -84,32 +95,71 @@ def test_releases_and_keys_are_not_writable() -> None:
     assert "/etc/harmony-agent" not in " ".join(s.get("InaccessiblePaths", []))
 
 
-def test_verify_is_clean(tmp_path: Path) -> None:
-    """`systemd-analyze verify` on a root holding the unit, its binaries and systemd's units."""
+@pytest.mark.parametrize("unit", [UNIT, SWITCH, RECOVER, PATH_UNIT], ids=lambda u: u.name)
+def test_verify_is_clean(tmp_path: Path, unit: Path) -> None:
+    """`systemd-analyze verify` on a root holding the units, their binaries and systemd's units."""
     tool = analyze()
     host_units = Path("/lib/systemd/system")
     if not (host_units / "multi-user.target").exists():
         pytest.skip("needs systemd's own units in /lib/systemd/system")
     root = tmp_path / "root"
     shutil.copytree(host_units, root / "lib/systemd/system", symlinks=True)
-    for exe in ("usr/bin/harmony-agent", "bin/kill"):
+    for exe in ("usr/bin/harmony-agent", "bin/kill", "usr/bin/python3"):
         (root / exe).parent.mkdir(parents=True, exist_ok=True)
         (root / exe).write_text("#!/bin/sh\n")
         (root / exe).chmod(0o755)
-    shutil.copy2(UNIT, root / "lib/systemd/system" / UNIT.name)
+    for u in (UNIT, SWITCH, RECOVER, PATH_UNIT):
+        shutil.copy2(u, root / "lib/systemd/system" / u.name)
     proc = subprocess.run(
-        [tool, "verify", f"--root={root}", UNIT.name], capture_output=True, text=True, timeout=60
+        [tool, "verify", f"--root={root}", unit.name], capture_output=True, text=True, timeout=60
     )
     # verify exits 0 even for some warnings: clean means it said nothing.
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
 
 
-def test_security_exposure_is_low() -> None:
-    tool = analyze()
+def _exposure(unit: Path) -> tuple[float, str]:
     proc = subprocess.run(
-        [tool, "security", "--offline=true", "--no-pager", str(UNIT)],
+        [analyze(), "security", "--offline=true", "--no-pager", str(unit)],
         capture_output=True, text=True, timeout=60,
     )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
-    assert float(found.group(1)) <= MAX_EXPOSURE, proc.stdout
+    return float(found.group(1)), proc.stdout
+
+
+def test_security_exposure_is_low() -> None:
+    score, out = _exposure(UNIT)
+    assert score <= MAX_EXPOSURE, out
+
+
+@pytest.mark.parametrize("unit", [SWITCH, RECOVER], ids=lambda u: u.name)
+def test_root_units_are_sandboxed(unit: Path) -> None:
+    """Root, but only for the releases, its journal and the agent's staging; no network."""
+    score, out = _exposure(unit)
+    assert score <= MAX_ROOT_EXPOSURE, out
+    s = settings(unit)
+    assert s["ProtectSystem"] == ["strict"] and s["PrivateNetwork"] == ["yes"]
+    assert s["RestrictAddressFamilies"] == ["AF_UNIX"]
+    assert s["StateDirectory"] == ["harmony-agent-upgrade"]
+    assert s["StateDirectoryMode"] == ["0711"]  # the agent reads status.json, not the journal
+    writable = " ".join(s.get("ReadWritePaths", [])).split()
+    expected = ["-/opt/harmony-agent"] + (["-/var/lib/harmony-agent"] if unit == SWITCH else [])
+    assert writable == expected
+    assert "CAP_SYS_ADMIN" not in " ".join(s["CapabilityBoundingSet"])
+
+
+def test_the_switch_cannot_loop_forever() -> None:
+    """Finding 2: a start limit backs up the switch's own "consume, report, exit 0"."""
+    s = settings(SWITCH)
+    assert s["Restart"] == ["on-failure"]
+    (interval,) = s["StartLimitIntervalSec"]
+    (burst,) = s["StartLimitBurst"]
+    assert interval not in ("0", "infinity") and 1 <= int(burst) <= 20
+
+
+
+def test_the_path_unit_watches_where_the_code_says() -> None:
+    """Finding 13: the agent refuses upgrades when its state_dir is not this directory."""
+    (path,) = settings(PATH_UNIT)["PathExists"]
+    assert Path(path) == Layout().staging.staged / Staging.READY
+    assert Layout().state_dir == AgentSection().state_dir

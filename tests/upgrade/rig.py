@@ -55,14 +55,15 @@ async def status_bus(url: str) -> AsyncIterator[Bus]:
 class Rig:
     """releases/0.1.0 installed and running under a Supervisor; debs to upgrade to."""
 
-    def __init__(self, tmp: Path, url: str, window: str = "1500ms") -> None:
+    def __init__(self, tmp: Path, url: str, window: str = "1500ms", device: str = DEVICE) -> None:
         self.tmp = tmp
         self.url = url
+        self.device = device  # several rigs, one device each, can run side by side
         self.key = Ed25519PrivateKey.generate()
         keys = tmp / "keys"
         write_pub(self.key, keys)
         self.cfg_path = write_config(
-            tmp / "agent.toml", servers=[url], device_id=DEVICE, interval="500ms", upgrade=True,
+            tmp / "agent.toml", servers=[url], device_id=device, interval="500ms", upgrade=True,
             extra=f'trusted_keys_dir = "{keys}"\nconfirm_window = "{window}"\nkeep_releases = 2',
         )
         self.cfg: Config = load_config(self.cfg_path)
@@ -98,7 +99,7 @@ class Rig:
         path, sha, size = deb
         now = utcnow()
         fields: dict[str, object] = {
-            "request_id": f"req-{uuid.uuid4().hex[:8]}", "device_id": DEVICE,
+            "request_id": f"req-{uuid.uuid4().hex[:8]}", "device_id": self.device,
             "target_version": version, "arch": self.switch().arch,
             "artifact": Artifact(bucket="agent-artifacts", name=path.name, sha256=sha, size=size),
             "issued_at": now - timedelta(seconds=5), "expires_at": now + timedelta(hours=1),
@@ -113,7 +114,7 @@ class Rig:
         stage(self.staging, signed(req, self.key), copy)
 
     def switch(self, after_save: Callable[[State], None] | None = None, **kw: Any) -> Switch:
-        return Switch(self.layout, self.cfg, DEVICE, self.sup, poll_s=0.1,
+        return Switch(self.layout, self.cfg, self.device, self.sup, poll_s=0.1,
                       after_save=after_save, **kw)
 
     def running(self, version: str, timeout: float = 30) -> None:

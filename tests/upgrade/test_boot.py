@@ -10,8 +10,8 @@ from agent.upgrade.boot import BootFacts, BootPlan, JournalFacts, newest, plan_b
 from agent.upgrade.journal import JournalRecord, save_journal
 from agent.upgrade.layout import MARKER, Layout
 from agent.upgrade.release import current_version, flip_current
+from agent.upgrade.root import recover_on_boot
 from agent.upgrade.states import MAX_RESUMES
-from agent.upgrade.switch import recover_on_boot
 
 OLD, NEW = "0.1.0", "0.2.0"
 BOTH = frozenset({OLD, NEW})
@@ -66,6 +66,7 @@ def test_boot_decision_table(journal: JournalFacts | None, current: str | None,
         (["1.9.0", "1.10.0"], "1.10.0"),
         (["0.10.0", "0.9.9", "0.2.0"], "0.10.0"),
         (["1.2.0", "1.2.0+hotfix1", "1.1.99"], "1.2.0+hotfix1"),
+        (["1.5.0", "1.5.0~rc.1"], "1.5.0"),  # dpkg: '~' sorts before the release
         (["odd-name", "0.1.0"], "0.1.0"),
         ([], None),
     ],

@@ -23,6 +23,7 @@ from agent.upgrade.layout import Layout, Staging
 from agent.upgrade.status import status_bytes
 from harmony_core.bus import Bus
 from harmony_core.contracts import UpgradeStatus, utcnow
+from tests.agentproc import run_bus
 from tests.logs.helpers import wait_async
 from tests.natsserver import NatsServer
 from tests.upgrade.helpers import make_request, signed, write_pub
@@ -117,8 +118,9 @@ async def test_an_older_status_never_replaces_a_newer_one(
     _write(layout, "committed", age_s=60, request_id="req-old")
     newer = UpgradeStatus(device_id=DEV, request_id="req-new", phase="received",
                           updated_at=utcnow())
+    await asyncio.to_thread(
+        run_bus, nats_js.url, lambda bus: bus.kv_put(BUCKET, DEV, status_bytes(newer)))
     async with _running(tmp_path, nats_js.url, layout) as bus:
-        await bus.kv_put(BUCKET, DEV, status_bytes(newer))
         await asyncio.sleep(0.5)
         assert await _in_nats(bus) == newer
 

@@ -22,8 +22,8 @@ from agent.upgrade.handover import read_staged_envelope
 from agent.upgrade.journal import load_history, load_journal
 from agent.upgrade.layout import MARKER, Staging
 from agent.upgrade.release import current_version, flip_current, is_complete
+from agent.upgrade.root import recover_on_boot
 from agent.upgrade.states import State
-from agent.upgrade.switch import recover_on_boot
 from harmony_core.bus import Bus
 from harmony_core.contracts import UpgradeStatus
 from tests.logs.helpers import wait_async

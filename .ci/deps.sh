@@ -6,7 +6,7 @@ PKGS=(
   systemd                                                          # systemd-journald, systemd-analyze
   systemd-journal-remote                                           # bench/logs peer
   debootstrap systemd-container                                    # booted-Debian E2E
-  dpkg-dev lintian python3-systemd python3-zstandard               # .deb build and checks; the .deb's Depends
+  dpkg-dev lintian python3-systemd python3-zstandard python3-nacl               # .deb build and checks; the .deb's Depends
   zstd                                                             # reads a LogBatch with contracts/log-batch-1.zdict (a test)
   make git ca-certificates strace                                   # strace: the demo test proves it writes only its own dir
 )

@@ -186,23 +186,26 @@ def _steady(args: argparse.Namespace, servers: Servers, workers: _Workers) -> di
 def _restart(args: argparse.Namespace, servers: Servers, workers: _Workers) -> dict[str, Any]:
     stopped = time.time()
     servers.stop()
+    gone = time.time()  # every server process has exited: what connects now is the restart's
     time.sleep(args.down)
+    started = time.time()  # the restart: times below count from here
     up = servers.start()
     samples: list[tuple[float, int]] = []
 
     def all_ready() -> bool:
-        samples.append((time.time() - up, servers.connections()))
-        ready: bool = workers.total(f"ready-since {up}", "ready") >= args.devices
+        samples.append((round(time.time() - started, 1), servers.connections()))
+        ready: bool = workers.total(f"ready-since {gone}", "ready") >= args.devices
         return ready
 
     try:
         took = _wait("every device Ready again", all_ready, args.recover_timeout)
     except RuntimeError:  # say how far it got
         took = float("nan")
-    replies = workers.ask(f"ready-since {up}")
-    last_conn = max(r["last_connected"] or up for r in replies) - up
-    last_ready = max(r["last_ready"] or up for r in replies) - up
-    conn_at = sorted(x for r in replies for x in r["connected_at"])
+    replies = workers.ask(f"ready-since {gone}")
+    last_conn = max(r["last_connected"] or started for r in replies) - started
+    last_ready = max(r["last_ready"] or started for r in replies) - started
+    # connected_at counts from `gone`; from the restart instead:
+    conn_at = sorted(x - (started - gone) for r in replies for x in r["connected_at"])
     probe = replies[workers.probe] if workers.probe is not None else None
     # The storm's shape: connections per second in the busiest second after the restart.
     per_s: dict[int, int] = {}
@@ -211,15 +214,20 @@ def _restart(args: argparse.Namespace, servers: Servers, workers: _Workers) -> d
     return {
         "connected": sum(r["connected"] for r in replies),
         "ready": sum(r["ready"] for r in replies),
-        "down_s": round(up - stopped, 1),
+        "down_s": round(started - stopped, 1),
+        "servers_ready_s": round(up - started, 2),
         "all_connected_s": round(last_conn, 2),
         "all_ready_s": round(last_ready, 2),
         "polled_s": round(took, 1),
         "connected_p50_s": _pct(conn_at, 0.5),
         "connected_p90_s": _pct(conn_at, 0.9),
         "peak_connects_per_s": max(per_s.values(), default=0),
-        "probe_all_connected_s": round((probe["last_connected"] or up) - up, 2) if probe else None,
-        "probe_all_ready_s": round((probe["last_ready"] or up) - up, 2) if probe else None,
+        "probe_all_connected_s": round((probe["last_connected"] or started) - started, 2)
+        if probe
+        else None,
+        "probe_all_ready_s": round((probe["last_ready"] or started) - started, 2)
+        if probe
+        else None,
         "probe_ready": probe["ready"] if probe else None,
         "connections_curve": samples[:: max(1, len(samples) // 20)],
     }
@@ -340,7 +348,7 @@ def _report(r: dict[str, Any]) -> None:
         if rr["ready"] < int(a["devices"]):
             back += f"; only {rr['ready']} Ready after {a['recover_timeout']} s"
         storm = f"{rr['connected_p50_s']} / {rr['connected_p90_s']} s"
-        rows.append(("restart: all connected / all Ready, after servers back", back))
+        rows.append(("restart: all connected / all Ready, from the restart", back))
         rows.append(("restart: connects p50 / p90", storm))
         probes = f"{rr['probe_all_connected_s']} s / {rr['probe_all_ready_s']} s"
         rows.append(("restart: probes all connected / all Ready", probes))

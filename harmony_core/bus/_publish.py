@@ -10,7 +10,9 @@ got there (the ack of a retry that was already stored says `duplicate`).
 whether a stream exists (ADR-023: no JetStream management API): so a publish
 that only ever met no responders until its `timeout` reports the stream (or
 bucket) missing, `BucketMissingError` — the error of before, after the timeout
-instead of at once.
+instead of at once — unless this connection has written to that stream before:
+then it is still electing a leader (a whole cluster restarting takes a while),
+and the error says so (`BusUnavailableError`), not "run harmony-fleet init".
 
 Pacing is the bus's one backoff (`backoff_delay`) from 50 ms up to 1 s: an
 election takes seconds, and a fleet retrying must not hammer the new leader. A
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from typing import Any
 
 from harmony_core.bus._errors import translate
@@ -38,6 +41,9 @@ _ATTEMPT_S = 2.0
 _JS_UNAVAILABLE = 10008
 # "wrong last sequence" (a compare-and-set that lost), in its two spellings.
 _WRONG_LAST = (10071, 10164)
+
+# The streams each connection has had a write acknowledged by: they exist.
+_written: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
 
 
 def new_msg_id() -> str:
@@ -86,9 +92,10 @@ async def publish_acked(
     timeout: float,
     kind: str,
     name: str,
+    stream: str,
     item: str | None = None,
 ) -> Any:
-    """nats-py's PubAck of `payload` on `subject`, retried as above.
+    """nats-py's PubAck of `payload` on `subject` of stream `stream`, retried as above.
 
     Our errors only: `kind name` (and `item`) say what was written, as in `mapped`.
     """
@@ -102,9 +109,11 @@ async def publish_acked(
             raise BusUnavailableError("not connected to NATS")
         remaining = deadline - loop.time()
         try:
-            return await conn._jet().publish(
+            ack = await conn._jet().publish(
                 subject, payload, timeout=max(min(remaining, _ATTEMPT_S), 0.001), headers=headers
             )
+            _written.setdefault(conn, set()).add(ack.stream)
+            return ack
         except Exception as e:
             why = _kind_of(e)
             ours = translate(_wrong_last(e), kind, name, item)
@@ -116,7 +125,8 @@ async def publish_acked(
             attempt += 1
             delay = backoff_delay(attempt, _CAP_S, _BASE_S)
             if loop.time() + delay >= deadline:
-                if why == "no-responders" and not only_no_responders:
+                known = stream in _written.get(conn, ())
+                if why == "no-responders" and (known or not only_no_responders):
                     raise BusUnavailableError(
                         f"{kind} {name!r} has no leader to take the write "
                         "(the NATS cluster is electing one, or lost its quorum)"

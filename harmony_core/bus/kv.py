@@ -129,6 +129,7 @@ class KvOps(Connection):
                 timeout=timeout,
                 kind=_KV,
                 name=bucket,
+                stream=f"KV_{bucket}",
                 item=key,
             )
         except RevisionMismatchError:

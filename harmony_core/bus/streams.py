@@ -53,6 +53,7 @@ class StreamOps(Connection):
             timeout=timeout,
             kind=_STREAM,
             name=stream,
+            stream=stream,
         )
         return PubAck(ack.stream, ack.seq, bool(ack.duplicate))
 

@@ -77,6 +77,12 @@ fi
     -r "$HERE/requirements.lock"
 # Console scripts would carry the build machine's interpreter path.
 rm -rf "$REL/bin"
+# Pure-Python packages PyPI has only as sdists (nkeys): the hash-pinned source's
+# package directory, copied as is (nothing is built).
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary=:all: \
+    --require-hashes -r "$HERE/requirements-sdist.lock" -d "$WORK/sdist"
+tar -xzf "$WORK/sdist/nkeys-0.2.1.tar.gz" -C "$WORK/sdist"
+cp -r "$WORK/sdist/nkeys-0.2.1/nkeys" "$REL/nkeys"
 
 # 2. The agent itself, from the source tree.
 # The device package: the agent and the shared core; never the operator side (harmony_fleet).

@@ -9,12 +9,14 @@ in the way (the agent's own process test covers losing its server too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import pytest
 
 from harmony_core.bus import Bus
+from harmony_core.errors import BusError
 from harmony_core.settings import NatsSection
 from tests.natsserver import NatsCluster
 
@@ -105,3 +107,33 @@ async def test_kv_puts_ride_out_a_leader_kill(cluster_js: NatsCluster) -> None:
     finally:
         await bus.close()
     assert e is not None and e.value == b"%d" % n and e.revision == revisions[-1]
+
+
+async def test_a_whole_cluster_restart_is_not_a_missing_bucket(cluster_js: NatsCluster) -> None:
+    """All three servers stop and start again: while the streams elect their leaders, writes
+    fail as "NATS unavailable", never as "run harmony-fleet init"; then they go through."""
+    bus = Bus(NatsSection(servers=cluster_js.urls, reconnect_max_wait=1.0), name="restart-test")
+    runner = asyncio.create_task(bus.run())
+    errors: list[str] = []
+    try:
+        assert await bus.wait_connected(10)
+        await bus.kv_put("device-heartbeat", "dev-1", b"before")
+        await asyncio.to_thread(cluster_js.stop)
+        for node in cluster_js.nodes:  # each takes clients at once; JetStream comes later
+            await asyncio.to_thread(node.start)
+        restarted = time.monotonic()
+        while True:
+            try:
+                await bus.kv_put("device-heartbeat", "dev-1", b"after", timeout=2)
+                break
+            except BusError as e:
+                errors.append(type(e).__name__)
+            assert time.monotonic() - restarted < 60, errors
+            await asyncio.sleep(0.2)
+    finally:
+        await bus.close()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    print(f"errors while the cluster came back: {errors}")
+    assert "BucketMissingError" not in errors, errors

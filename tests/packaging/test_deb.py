@@ -65,6 +65,7 @@ def test_control_fields(amd64_deb: Path) -> None:
         "python3 (<< 3.12)",
         "python3-systemd",
         "python3-zstandard (>= 0.20)",
+        "python3-nacl (>= 1.4)",
         "adduser",
     ):
         assert needed in depends

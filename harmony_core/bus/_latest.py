@@ -27,7 +27,7 @@ __all__ = ["Latest", "latest_values"]
 Latest = tuple[str, bytes, int, datetime]
 # Creates the consumer of the latest value per key, delivering to a subject; returns
 # how many values it will deliver (KvOps._watch_consumer, one bucket bound).
-MakeConsumer = Callable[[str], Awaitable[int]]
+_MakeConsumer = Callable[[str], Awaitable[int]]
 
 # With nothing arriving for this long (the consumer's idle heartbeat is 5 s), it is gone.
 _STALL_S = 15.0
@@ -45,7 +45,7 @@ def _meta(reply: str) -> tuple[int, datetime, int]:
     return int(t[base + 3]), datetime.fromtimestamp(ns / 1e9, UTC), int(t[base + 6])
 
 
-async def latest_values(conn: Connection, bucket: str, consumer: MakeConsumer) -> list[Latest]:
+async def latest_values(conn: Connection, bucket: str, consumer: _MakeConsumer) -> list[Latest]:
     """Every live key of `bucket` with its value, revision and server time."""
     conn._jet()
     nc = conn._nc
